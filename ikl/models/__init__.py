@@ -1,0 +1,77 @@
+"""Model zoo: architectures only; every ``forward(x)`` returns a logits tensor.
+
+``create_model(name, num_classes, **kwargs)`` is the one name-to-model factory of the library
+(timm style): the names are part of the published checkpoints' identity.
+
+* CIFAR KD zoo (32 x 32; names as in mdistiller's ``cifar_model_dict``, which also has
+  ``ResNet18``): same modules and ``state_dict`` keys as ``megvii-research/mdistiller``
+  ``mdistiller/models/cifar/*``, so the CIFAR-100 teachers in ``ckpt["model"]`` load with
+  ``strict=True``. Inputs are normalised by the data transform, not the model.
+* Adversarial training (32 x 32, inputs in [0, 1]): ``wrn_34_10``, ``wrn_28_10``, ``wrn_34_20``
+  (TRADES/AWP WideResNet), ``resnet18`` (TRADES/AWP ResNet-18), ``preact_resnet18`` (AWP). They take
+  ``normalize=(mean, std)`` (default ``None``); its buffers are not saved, so keys never change.
+* ImageNet (224 x 224): torchvision ResNet-18/34/50 and mdistiller's MobileNetV1.
+
+Each module's docstring names its source file and commit and lists every deviation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import nn
+
+from ikl.models.cifar_resnet import cifar_resnet
+from ikl.models.imagenet import MobileNetV1, imagenet_resnet
+from ikl.models.mobilenetv2 import mobilenetv2_half
+from ikl.models.preact_resnet import PreActResNet18
+from ikl.models.resnet import resnet18_at, resnet18_cifar, resnet50_cifar
+from ikl.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from ikl.models.vgg import vgg
+from ikl.models.wide_resnet import WideResNet
+
+__all__ = ["AT_MODELS", "CIFAR_KD_MODELS", "IMAGENET_MODELS", "create_model", "list_models"]
+
+_CIFAR_KD: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": partial(cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
+    "resnet8x4": partial(cifar_resnet, 8, wide=True),
+    "resnet32x4": partial(cifar_resnet, 32, wide=True),
+    "ResNet18": resnet18_cifar,
+    "ResNet50": resnet50_cifar,
+    **{f"wrn_{d}_{k}": partial(WideResNet, d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
+    **{name: partial(vgg, name) for name in ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19")},
+    "MobileNetV2": mobilenetv2_half,
+    "ShuffleV1": ShuffleNetV1,
+    "ShuffleV2": ShuffleNetV2,
+}
+_AT: dict[str, Callable[..., nn.Module]] = {
+    **{f"wrn_{d}_{k}": partial(WideResNet, d, k) for d, k in ((34, 10), (28, 10), (34, 20))},
+    "preact_resnet18": PreActResNet18,
+    "resnet18": resnet18_at,
+}
+_IMAGENET: dict[str, Callable[..., nn.Module]] = {
+    **{f"imagenet_resnet{d}": partial(imagenet_resnet, d) for d in (18, 34, 50)},
+    "imagenet_mobilenet_v1": MobileNetV1,
+}
+_MODELS: dict[str, Callable[..., nn.Module]] = {**_CIFAR_KD, **_AT, **_IMAGENET}
+
+CIFAR_KD_MODELS: tuple[str, ...] = tuple(_CIFAR_KD)
+AT_MODELS: tuple[str, ...] = tuple(_AT)
+IMAGENET_MODELS: tuple[str, ...] = tuple(_IMAGENET)
+
+
+def list_models() -> list[str]:
+    """All names accepted by :func:`create_model`: CIFAR KD zoo, then AT, then ImageNet."""
+    return list(_MODELS)
+
+
+def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs; ``kwargs`` go to its constructor.
+
+    AT models accept ``normalize=(mean, std)``; the WideResNets also ``drop_rate``.
+    Raises ``ValueError`` for an unknown name.
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_MODELS)}")
+    return _MODELS[name](num_classes=num_classes, **kwargs)
