@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Cached teachers of the bundled demo go to a per-session temp dir, never the user's ~/.cache.
+os.environ["IKL_CACHE"] = tempfile.mkdtemp(prefix="ikl-test-cache-")
 
 
 @pytest.fixture

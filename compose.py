@@ -1,0 +1,271 @@
+"""Composition shared by the Hydra entry points (train_kd.py, train_at.py, eval_autoattack.py).
+
+Nothing here computes: it turns a composed config into objects (``hydra.utils.instantiate``),
+starts the run (seed, device, process group, run dir, metric sink) and hands over to
+``ikl.engine``. ``ikl`` itself never imports Hydra (conventions).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ikl.data import DataError, DeviceCIFARLoader, build_loaders
+from ikl.engine.checkpoint import load_checkpoint
+from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from ikl.engine.sink import MetricSink
+from ikl.engine.trainer import TrainSettings
+from ikl.engine.validate import validate_config
+from ikl.errors import ConfigError, UserError
+
+log = logging.getLogger("ikl")
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside ``exc`` (Hydra wraps constructor errors), if there is one."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (UserError, DataError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
+    """Wrap ``run`` for a Hydra ``main``: a user mistake is one line on stderr and exit code 2."""
+
+    @functools.wraps(run)
+    def wrapper(cfg: DictConfig) -> dict:
+        try:
+            return run(cfg)
+        except (UserError, DataError, InstantiationException) as exc:
+            found = _user_error(exc)
+            if found is None:
+                raise
+            sys.stderr.write(f"error: {found}\n")
+            sys.exit(2)
+
+    return wrapper
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (no ``${...}`` left)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@dataclass
+class Session:
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    sink: MetricSink
+    resume_state: dict[str, Any] | None
+    config: dict[str, Any]
+
+    def close(self, failed: bool) -> None:
+        self.sink.close(failed=failed)
+        shutdown_distributed()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def hydra_run_dir() -> Path | None:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not running under Hydra (tests use the compose API)
+        return None
+
+
+def latest_run_with_checkpoint(base: Path) -> Path | None:
+    runs = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.pt"))
+    return runs[-1] if runs else None
+
+
+def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint to resume from). ``resume``: false, true (latest run of this name) or a run dir."""
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else hydra_run_dir() or Path(cfg.out_dir) / cfg.run_name / "run"
+    resume = cfg.get("resume", False)
+    if resume in (False, None, "false"):
+        existing = run_dir / "checkpoints" / "last.pt"
+        if existing.is_file():
+            raise ConfigError(
+                f"{run_dir} already holds a checkpoint; continue it with resume=true or pick another run_dir"
+            )
+        return run_dir, None
+    if resume is True or resume == "true":
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            return run_dir, run_dir / "checkpoints" / "last.pt"
+        previous = latest_run_with_checkpoint(Path(cfg.out_dir) / cfg.run_name)
+        if previous is None:
+            log.info("resume=true but no earlier run of %s has a checkpoint: starting fresh", cfg.run_name)
+            return run_dir, None
+        return previous, previous / "checkpoints" / "last.pt"
+    target = Path(str(resume))
+    checkpoint = target if target.is_file() else target / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"resume={resume}: no checkpoint at {checkpoint}; pass a run dir that has checkpoints/last.pt"
+        )
+    return checkpoint.parent.parent, checkpoint
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve and check every value before anything is built or trained (one line per mistake)."""
+    try:
+        config = plain(cfg)
+    except Exception as exc:  # noqa: BLE001 - an unresolvable ${...} or a missing ??? value
+        raise ConfigError(f"config does not resolve: {str(exc).splitlines()[0]}") from exc
+    validate_config(config)
+    return config
+
+
+def start_session(cfg: DictConfig) -> Session:
+    """Validate, seed, pick the device, join the process group, open the run dir and the sink."""
+    config = validate(cfg)
+    device_kind = (
+        cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    dist_info = init_distributed(device_kind)
+    device = resolve_device(device_kind, dist_info.local_rank)
+    run_dir, resume_from = resolve_run_dir(cfg)
+    resume_state = load_checkpoint(resume_from, map_location=device) if resume_from else None
+    seed_everything(int(cfg.seed) + dist_info.rank)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    sink = MetricSink(
+        run_dir,
+        enabled=dist_info.is_main,
+        mode=cfg.logger.mode,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=cfg.run_name,
+        group=cfg.logger.group or _sweep_group(),
+        tags=list(cfg.logger.tags or []),
+        config=config,
+        run_id=(resume_state or {}).get("wandb_run_id"),
+    )
+    log.info("run dir: %s (device %s, world size %d)", run_dir, device, dist_info.world_size)
+    return Session(run_dir, device, dist_info, sink, resume_state, config)
+
+
+def _sweep_group() -> str | None:
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return None
+    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        return Path(hydra_cfg.sweep.dir).name
+    return None
+
+
+def build_data(cfg: DictConfig, session: Session):
+    """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device."""
+    datasets = instantiate(cfg.dataset.builder)
+    if datasets.num_classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={cfg.dataset.num_classes} but the data has {datasets.num_classes} classes; fix the dataset config"
+        )
+    dist_info = session.dist
+    train_loader, test_loader = build_loaders(
+        datasets,
+        batch_size=cfg.batch_size,
+        test_batch_size=cfg.test_batch_size,
+        workers=cfg.trainer.workers,
+        seed=cfg.seed,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        pin_memory=session.device.type == "cuda",
+    )
+    if cfg.trainer.loader == "device":
+        if datasets.two_view or not hasattr(datasets.train, "data"):
+            log.info("trainer.loader=device does not support this data/augmentation: using the standard loader")
+        else:
+            train_loader = DeviceCIFARLoader.from_datasets(
+                datasets,
+                train=True,
+                batch_size=cfg.batch_size,
+                device=session.device,
+                seed=cfg.seed,
+                rank=dist_info.rank,
+                world_size=dist_info.world_size,
+                channels_last=cfg.trainer.channels_last,
+            )
+    return datasets, train_loader, test_loader
+
+
+def build_optimization(cfg: DictConfig, params) -> tuple[torch.optim.Optimizer, Any]:
+    optimizer = instantiate(cfg.optimizer)(params=params)
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    return optimizer, scheduler
+
+
+def train_settings(cfg: DictConfig, device: torch.device, monitor: dict[str, str]) -> TrainSettings:
+    t = cfg.trainer
+    return TrainSettings(
+        epochs=t.epochs,
+        device=device,
+        amp=str(t.amp),
+        channels_last=t.channels_last,
+        compile=t.compile,
+        grad_clip=t.grad_clip,
+        log_every=t.log_every,
+        save_every=t.save_every,
+        monitor=monitor,
+        progress=t.progress and sys.stderr.isatty() or bool(os.environ.get("IKL_PROGRESS")),
+    )
+
+
+def weights_meta(model_name: str, num_classes: int, datasets) -> dict[str, Any]:
+    """What a weights file must say to be loaded again: architecture, classes, input normalisation."""
+    norm = {"mean": list(datasets.mean), "std": list(datasets.std)} if datasets.normalized else None
+    return {
+        "format": "ikl-checkpoint",
+        "model_name": model_name,
+        "num_classes": num_classes,
+        "input_normalization": norm,
+    }
+
+
+def prepare_model(model: torch.nn.Module, cfg: DictConfig, session: Session) -> torch.nn.Module:
+    """channels_last, torch.compile and DDP, in that order, as the trainer config asks."""
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    if session.dist.enabled:
+        device_ids = [session.device.index] if session.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model
+
+
+def report(summary: dict[str, Any], session: Session) -> None:
+    """The final summary on stdout (rank 0): the entry point's one human-readable result."""
+    if not session.dist.is_main:
+        return
+    width = max(len(k) for k in summary)
+    lines = ["", "=" * 60, "run summary"] + [f"  {k:<{width}} : {_fmt(v)}" for k, v in summary.items()] + ["=" * 60]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

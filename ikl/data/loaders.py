@@ -1,0 +1,190 @@
+"""DataLoaders with a global batch size, DDP sharding and reproducible, resumable order.
+
+Callers must call :func:`set_epoch` on the train loader at the start of every epoch (epoch 0
+included, or rely on epoch 0 being the default). Without it every epoch repeats the same order,
+exactly as with torch's ``DistributedSampler``. Given ``seed`` and the epoch, the sample order
+and (with ``workers > 0``) the workers' augmentation RNG streams are fixed, so resuming at
+epoch ``e`` replays what an uninterrupted run would have done. With ``workers == 0`` the
+transforms draw from the main process's global RNG, which the caller seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
+
+from .common import Datasets
+
+log = logging.getLogger(__name__)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int, stream: int = 0) -> int:
+    """A 64-bit seed mixing (seed, rank, epoch, stream) for a loader's worker RNG."""
+    entropy = [seed, rank, epoch, stream]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    return int(state[0])
+
+
+def shuffled_shard(
+    n: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1, drop_last: bool = False
+) -> torch.Tensor:
+    """The indices ``DistributedSampler(shuffle=True, seed, drop_last)`` gives ``rank`` at ``epoch``.
+
+    ``randperm(n)`` seeded with ``seed + epoch``, padded by wrapping (or cut, with ``drop_last``)
+    to a multiple of ``world_size``, then every ``world_size``-th index from ``rank``.
+    """
+    g = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(n, generator=g)
+    if drop_last and n % world_size:
+        total = (n // world_size) * world_size
+        perm = perm[:total]
+    else:
+        total = math.ceil(n / world_size) * world_size
+        perm = perm.repeat(math.ceil(total / max(n, 1)))[:total]
+    return perm[rank:total:world_size]
+
+
+class EpochRandomSampler(Sampler[int]):
+    """Single-process shuffling with ``DistributedSampler``'s semantics (world size 1).
+
+    The order of epoch ``e`` is ``randperm`` seeded with ``seed + e``, independent of how many
+    epochs were drawn before, so a resumed run replays an uninterrupted one.
+    """
+
+    def __init__(self, data_source: Sized | int, *, seed: int = 0) -> None:
+        self.num_samples = data_source if isinstance(data_source, int) else len(data_source)
+        self.seed = seed
+        self.rank = 0
+        self.epoch = 0
+        self._last_iterated: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self._last_iterated == self.epoch:
+            log.warning("train order for epoch %d drawn twice: call set_epoch(loader, epoch)", self.epoch)
+        self._last_iterated = self.epoch
+        return iter(shuffled_shard(self.num_samples, seed=self.seed, epoch=self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Rank ``r`` of ``world_size`` gets indices ``r, r + world_size, ...``: no padding.
+
+    Every sample is evaluated exactly once across ranks (``DistributedSampler`` pads with
+    repeats, which biases distributed accuracy). Ranks may get shards differing by one sample,
+    so reduce sums and counts, not per-rank means.
+    """
+
+    def __init__(self, data_source: Sized | int, *, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.total = data_source if isinstance(data_source, int) else len(data_source)
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.total, self.world_size))
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+
+    torch seeds each worker's torch RNG with ``base_seed + worker_id``, and ``base_seed`` is
+    drawn from the loader's generator, which :func:`set_epoch` reseeds per (seed, rank, epoch).
+    """
+    del worker_id
+    torch_seed = torch.initial_seed()
+    np.random.seed(np.random.SeedSequence([torch_seed]).generate_state(1)[0])
+    random.seed(torch_seed)
+
+
+def set_epoch(loader: DataLoader | Any, epoch: int) -> None:
+    """Select epoch ``epoch``'s sample order and augmentation seeds; call it every epoch.
+
+    For a train loader from :func:`build_loaders`: calls ``loader.sampler.set_epoch(epoch)``
+    (``DistributedSampler`` or :class:`EpochRandomSampler`) and reseeds the loader's generator,
+    which seeds the workers, from (seed, rank, epoch). For a loader with its own ``set_epoch``
+    (:class:`ikl.data.DeviceCIFARLoader`) it calls that.
+    """
+    if not isinstance(loader, DataLoader):
+        loader.set_epoch(epoch)
+        return
+    sampler = loader.sampler
+    if not hasattr(sampler, "set_epoch"):
+        raise TypeError(f"{type(sampler).__name__} has no set_epoch; pass the train loader")
+    sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(epoch_seed(sampler.seed, sampler.rank, epoch))
+
+
+def per_rank_batch(global_batch: int, world_size: int, what: str = "batch_size") -> int:
+    """``global_batch // world_size``; ValueError unless it divides evenly."""
+    if global_batch <= 0 or global_batch % world_size:
+        raise ValueError(
+            f"{what}={global_batch} is the global batch and must be a positive multiple of world_size={world_size}"
+        )
+    return global_batch // world_size
+
+
+def build_loaders(
+    datasets: Datasets,
+    *,
+    batch_size: int,
+    test_batch_size: int | None = None,
+    workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """(train, test) loaders. ``batch_size`` and ``test_batch_size`` are GLOBAL batch sizes.
+
+    Under ``world_size > 1`` each rank loads ``batch_size // world_size`` per step, the train
+    set through ``DistributedSampler(shuffle=True, seed=seed)`` and the test set through
+    :class:`ShardedEvalSampler` (each test sample exactly once overall). Single process: the
+    train set through :class:`EpochRandomSampler`. Call :func:`set_epoch` on the train loader
+    every epoch. ``drop_last`` applies to the train loader only.
+    """
+    train_bs = per_rank_batch(batch_size, world_size)
+    test_bs = per_rank_batch(test_batch_size or batch_size, world_size, "test_batch_size")
+    if world_size > 1:
+        train_sampler: Sampler[int] = DistributedSampler(
+            datasets.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+        test_sampler: Sampler[int] = ShardedEvalSampler(datasets.test, rank=rank, world_size=world_size)
+    else:
+        train_sampler = EpochRandomSampler(datasets.train, seed=seed)
+        test_sampler = SequentialSampler(datasets.test)
+    common = {"num_workers": workers, "pin_memory": pin_memory, "worker_init_fn": seed_worker}
+    train = DataLoader(
+        datasets.train,
+        batch_size=train_bs,
+        sampler=train_sampler,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, rank, 0)),
+        **common,
+    )
+    test = DataLoader(
+        datasets.test,
+        batch_size=test_bs,
+        sampler=test_sampler,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, rank, 0, stream=1)),
+        **common,
+    )
+    return train, test

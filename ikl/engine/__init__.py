@@ -1,0 +1,1 @@
+"""The one training loop, evaluation, checkpoints, the metric sink and distributed helpers."""

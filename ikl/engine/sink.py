@@ -1,0 +1,172 @@
+"""One metric sink: W&B and the run directory's files, written together, on rank 0 only.
+
+Files in the run dir: ``metrics.jsonl`` (one record per log call, appended and flushed),
+``metrics.csv`` (rewritten from the records at close), ``summary.json`` (atomically, at close).
+W&B: ``mode`` is ``offline`` (default), ``online``, ``disabled`` or ``auto`` (online when an API key
+is configured, else offline). A resumed run passes the stored run id and continues the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if os.environ.get("WANDB_MODE") in {"offline", "disabled", "dryrun"} and mode in {"auto", "online"}:
+        return "offline" if os.environ["WANDB_MODE"] != "disabled" else "disabled"
+    if mode == "auto":
+        return "online" if _wandb_logged_in() else "offline"
+    if mode not in {"online", "offline", "disabled"}:
+        from ikl.errors import ConfigError
+
+        raise ConfigError(f"logger.mode={mode!r} is not one of auto, online, offline, disabled")
+    return mode
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricSink:
+    """Log slash-namespaced metrics (``train/loss_wmse``, ``test/acc``) to files and W&B."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        mode: str = "offline",
+        project: str = "ikl",
+        entity: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.records: list[dict[str, Any]] = []
+        self.wandb_run = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.records = self._read_existing()
+        self.mode = resolve_wandb_mode(mode)
+        if self.mode != "disabled":
+            self._init_wandb(project, entity, name, group, tags, config, run_id)
+
+    def _read_existing(self) -> list[dict[str, Any]]:
+        if not self.jsonl_path.is_file():
+            return []
+        records = []
+        for line in self.jsonl_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping a damaged line in %s", self.jsonl_path)
+        return records
+
+    def _init_wandb(self, project, entity, name, group, tags, config, run_id) -> None:
+        import wandb
+
+        self.wandb_run = wandb.init(
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=tags,
+            config=dict(config or {}),
+            id=run_id,
+            resume="allow",
+            dir=str(self.run_dir),
+            mode=self.mode,
+            reinit="finish_previous",
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        return self.wandb_run.id if self.wandb_run is not None else None
+
+    @property
+    def wandb_dir(self) -> str | None:
+        return str(Path(self.wandb_run.dir).parent) if self.wandb_run is not None else None
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume: drop records of epochs after the checkpoint (they will be recomputed)."""
+        if not self.enabled:
+            return
+        self.records = [r for r in self.records if r.get("epoch", 0) <= epoch]
+        with open(self.jsonl_path, "w") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in self.records)
+
+    def log(self, metrics: Mapping[str, Any], *, step: int, epoch: int) -> None:
+        if not self.enabled:
+            return
+        record = {"epoch": epoch, "step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.records.append(record)
+        with open(self.jsonl_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if not isinstance(v, str)}, step=step)
+
+    def write_csv(self) -> None:
+        keys: list[str] = []
+        for record in self.records:
+            keys += [k for k in record if k not in keys]
+        with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.records)
+
+    def summarize(self, summary: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        write_json_atomic(self.run_dir / "summary.json", dict(summary))
+        if self.wandb_run is not None:
+            for key, value in summary.items():
+                if isinstance(value, (int, float, str, bool)):
+                    self.wandb_run.summary[key] = value
+
+    def close(self, *, failed: bool = False) -> None:
+        if not self.enabled:
+            return
+        if self.records:
+            self.write_csv()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=1 if failed else 0)
+            self.wandb_run = None

@@ -1,0 +1,431 @@
+"""The one training loop for every method (conventions rule 6).
+
+The engine knows tasks only through their contract (``ikl.tasks.base.Task``): ``forward(x, y,
+epoch=)`` returns a dict with ``loss``, ``logits`` and every named ``loss_*`` term (floats named
+``time_*`` are timings); epoch hooks update class priors and EMAs; ``checkpoint_state`` holds
+everything a resume needs beyond the optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ikl.data import set_epoch as set_loader_epoch
+from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
+from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
+from ikl.engine.sink import MetricSink, write_json_atomic
+from ikl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Test switch (reliability suite): make the loss NaN at this global step.
+NAN_STEP_ENV = "IKL_TEST_NAN_AT_STEP"
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or Inf; the run stops and the last good checkpoint is kept."""
+
+
+class Interrupted(UserError):
+    """SIGTERM/SIGINT: the run stopped cleanly at a step boundary."""
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = None
+    log_every: int = 50
+    save_every: int = 1
+    monitor: Mapping[str, str] = field(default_factory=lambda: {"best": "test/acc"})
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_DTYPES:
+            from ikl.errors import ConfigError
+
+            raise ConfigError(f"trainer.amp={self.amp!r} is not one of {sorted(AMP_DTYPES)}")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step may draw from, in types that load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def to_device(batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch[0], batch[1]
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def classification_counts(
+    model: nn.Module, loader: DataLoader, device: torch.device, *, amp: str = "off", channels_last: bool = False
+) -> torch.Tensor:
+    """[correct@1, correct@5, n] summed over this rank's shard (all-reduce to combine)."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    dtype = AMP_DTYPES[amp]
+    for batch in loader:
+        x, y = to_device(batch, device, channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top.eq(y.unsqueeze(1))
+        counts += torch.tensor(
+            [hits[:, 0].sum().item(), hits.any(1).sum().item(), len(y)], device=device, dtype=counts.dtype
+        )
+    model.train(was_training)
+    return counts
+
+
+def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, **kw) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) over every test sample exactly once across ranks."""
+    correct1, correct5, n = all_reduce_sum(classification_counts(model, loader, device, **kw)).tolist()
+    return {"acc": 100.0 * correct1 / max(n, 1), "acc_top5": 100.0 * correct5 / max(n, 1), "n": int(n)}
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a flag checked at step boundaries."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Runs ``settings.epochs`` epochs of a task with evaluation, logging and checkpoints."""
+
+    def __init__(
+        self,
+        task: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        settings: TrainSettings,
+        *,
+        run_dir: str | os.PathLike,
+        sink: MetricSink,
+        dist_info: DistInfo | None = None,
+        weights_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.task = task
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.sink = sink
+        self.dist = dist_info or DistInfo()
+        self.weights_meta = dict(weights_meta or {})
+        self.device = settings.device
+        self.amp_dtype = AMP_DTYPES[settings.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=settings.amp == "fp16")
+        self.epoch = 0
+        self.step = 0
+        self.best: dict[str, dict[str, float]] = {}
+        self.history: list[dict[str, float]] = []
+        self._nan_step = int(os.environ.get(NAN_STEP_ENV, "-1"))
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "ikl-checkpoint",
+            "kind": "train-state",
+            "epoch": self.epoch,
+            "step": self.step,
+            "task": self.task.checkpoint_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "best": self.best,
+            "history": self.history,
+            "wandb_run_id": self.sink.run_id,
+            **self._weights_fields(unwrap(self.task.model)),
+        }
+
+    def _weights_fields(self, model: nn.Module) -> dict[str, Any]:
+        return {"model": unwrap(model).state_dict(), **self.weights_meta}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.task.load_checkpoint_state(state["task"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best = dict(state["best"])
+        self.history = list(state["history"])
+
+    def resume(self) -> bool:
+        """Continue from ``checkpoints/last.pt`` if it exists; returns whether it did."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            log.info("resume requested but %s does not exist: starting from scratch", path)
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.sink.truncate_after(self.epoch)
+        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+        return True
+
+    # ----------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        with _StopFlag() as stop:
+            self._stop = stop
+            while self.epoch < self.settings.epochs:
+                epoch = self.epoch + 1
+                train_metrics = self.train_epoch(epoch)
+                self.epoch = epoch
+                self.scheduler.step()
+                metrics = {**train_metrics, **self.evaluate(epoch)}
+                self._record(epoch, metrics)
+                self._save(epoch)
+        return self.summary()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.task.train()
+        self.task.on_epoch_start(epoch)
+        set_epoch(self.train_loader, epoch)
+        sums: dict[str, float] = defaultdict(float)
+        correct = seen = 0
+        data_time = step_time = 0.0
+        bar = tqdm(
+            total=len(self.train_loader),
+            desc=f"epoch {epoch}/{self.settings.epochs}",
+            disable=not (self.settings.progress and self.dist.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        start = tic = time.perf_counter()
+        for batch_index, batch in enumerate(self.train_loader):
+            x, y = to_device(batch, self.device, self.settings.channels_last)
+            data_time += time.perf_counter() - tic
+            tic = time.perf_counter()
+            out = self.train_step(x, y, epoch, batch_index)
+            step_time += time.perf_counter() - tic
+            n = len(y)
+            for key, value in out.items():
+                if key.startswith("loss"):
+                    sums[key] += float(value) * n
+                elif key.startswith("time_"):
+                    sums[key] += float(value)
+            labels = y if out["logits"].shape[0] == n else y.repeat(out["logits"].shape[0] // n)
+            correct += int((out["logits"].argmax(1) == labels).sum()) * n // len(labels)
+            seen += n
+            if self.dist.is_main and self.step % self.settings.log_every == 0:
+                self.sink.log(
+                    {"train/loss_step": float(out["loss"]), "train/lr": self._lr()}, step=self.step, epoch=epoch
+                )
+            bar.set_postfix(
+                loss=f"{float(out['loss']):.3f}",
+                acc=f"{100 * correct / seen:.1f}",
+                ips=f"{seen / (time.perf_counter() - start):.0f}",
+            )
+            bar.update()
+            if self._stop.signal is not None:
+                bar.close()
+                self._interrupted(epoch)
+            tic = time.perf_counter()
+        bar.close()
+        self.task.on_epoch_end(epoch)
+        totals = all_reduce_sum(
+            torch.tensor([seen, correct, data_time, step_time], dtype=torch.float64, device=self.device)
+        ).tolist()
+        elapsed = time.perf_counter() - start
+        metrics = {f"train/{k}": v / max(seen, 1) for k, v in sums.items() if k.startswith("loss")}
+        metrics.update({f"time/{k[5:]}": v for k, v in sums.items() if k.startswith("time_")})
+        metrics.update(
+            {
+                "train/acc": 100.0 * totals[1] / max(totals[0], 1),
+                "train/lr": self._lr(),
+                "time/data": data_time,
+                "time/step": step_time,
+                "time/epoch": elapsed,
+                "train/images_per_s": totals[0] / max(elapsed, 1e-9),
+            }
+        )
+        return metrics
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            out = self.task(x, y, epoch=epoch)
+        loss = out["loss"]
+        if self.step == self._nan_step:
+            loss = loss * float("nan")
+        if not torch.isfinite(loss.detach()):
+            self._nonfinite(epoch, batch_index, out)
+        self.scaler.scale(loss).backward()
+        if self.settings.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.task.model.parameters(), self.settings.grad_clip)
+        self.task.before_optimizer_step(self.optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.task.after_optimizer_step(self.step)
+        self.step += 1
+        return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        tic = time.perf_counter()
+        kw = dict(amp=self.settings.amp, channels_last=self.settings.channels_last)
+        result = evaluate_classifier(self.task.model, self.test_loader, self.device, **kw)
+        metrics = {"test/acc": result["acc"], "test/acc_top5": result["acc_top5"], "test/n": result["n"]}
+        metrics.update(self.task.evaluate(self.test_loader, self.device, epoch))
+        metrics["time/eval"] = time.perf_counter() - tic
+        return metrics
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _record(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.history.append({"epoch": epoch, **{k: float(v) for k, v in metrics.items()}})
+        for name, key in self.settings.monitor.items():
+            if key in metrics and (name not in self.best or metrics[key] > self.best[name]["value"]):
+                self.best[name] = {"value": float(metrics[key]), "epoch": epoch, "metric": key}
+                if self.dist.is_main:
+                    save_checkpoint(
+                        {**self._weights_fields(self.task.model), "epoch": epoch, key: metrics[key]},
+                        self.ckpt_dir / f"{name}.pt",
+                    )
+        if self.dist.is_main:
+            self.sink.log(metrics, step=self.step, epoch=epoch)
+            shown = {k: round(v, 3) for k, v in metrics.items() if k.startswith(("test/", "train/acc", "train/loss"))}
+            log.info("epoch %d/%d %s", epoch, self.settings.epochs, shown)
+
+    def _save(self, epoch: int) -> None:
+        if not self.dist.is_main:
+            return
+        for name, module in self.task.weight_files().items():
+            save_checkpoint({**self._weights_fields(module), "epoch": epoch}, self.ckpt_dir / f"{name}.pt")
+        if epoch % self.settings.save_every == 0 or epoch == self.settings.epochs:
+            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+        if epoch == self.settings.epochs:
+            accuracy = self.history[-1].get("test/acc") if self.history else None
+            save_checkpoint(
+                {**self._weights_fields(self.task.model), "epoch": epoch, "accuracy": accuracy},
+                self.ckpt_dir / "final.pt",
+            )
+
+    def _nonfinite(self, epoch: int, batch_index: int, out: Mapping[str, Any]) -> None:
+        terms = {k: float(v) for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor)}
+        sampler_indices = _batch_sample_indices(self.train_loader, epoch, batch_index)
+        report = {
+            "epoch": epoch,
+            "step": self.step,
+            "batch_index": batch_index,
+            "sample_indices": sampler_indices,
+            "terms": terms,
+        }
+        if self.dist.is_main:
+            write_json_atomic(self.run_dir / "nonfinite_batch.json", report)
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"loss became non-finite at epoch {epoch}, step {self.step} (batch {batch_index}); {kept}; "
+            f"batch indices and terms in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
+        )
+
+    def _interrupted(self, epoch: int) -> None:
+        name = signal.Signals(self._stop.signal).name
+        last = self.ckpt_dir / "last.pt"
+        where = f"checkpoint {last} (epoch {self.epoch}) is intact" if last.is_file() else "no checkpoint yet"
+        raise Interrupted(f"{name} received during epoch {epoch}: stopped cleanly; {where}; continue with resume=true")
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        best = self.best.get("best", {})
+        out = {
+            "acc_last": last.get("test/acc"),
+            "acc_best": best.get("value"),
+            "epoch_best": best.get("epoch"),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "run_dir": str(self.run_dir),
+        }
+        for name, record in self.best.items():
+            if name != "best":
+                out[f"{name}_value"], out[f"{name}_epoch"] = record["value"], record["epoch"]
+        out.update(
+            {k.replace("/", "_") + "_last": v for k, v in last.items() if k.startswith("test/") and k != "test/acc"}
+        )
+        return out
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Select epoch ``epoch``'s order: device loaders reseed themselves, DataLoaders their sampler."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    else:
+        set_loader_epoch(loader, epoch)
+
+
+def _batch_sample_indices(loader: DataLoader, epoch: int, batch_index: int) -> list[int] | None:
+    """Dataset indices of batch ``batch_index`` of ``epoch``: reseeding the sampler replays its order."""
+    try:
+        set_epoch(loader, epoch)
+        if hasattr(loader, "indices"):
+            order = loader.indices().tolist()
+            return order[batch_index * loader.batch_size : (batch_index + 1) * loader.batch_size]
+        batches = list(loader.batch_sampler)
+        return [int(i) for i in batches[batch_index]]
+    except (TypeError, AttributeError, IndexError):
+        return None

@@ -1,0 +1,59 @@
+"""Config checks that run before anything is built: one ``ConfigError`` line per mistake.
+
+The checks walk the resolved config as a plain dict and look at keys by name, so every config
+group (loss, attack, trainer, dataset) is covered without a schema per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ikl.errors import ConfigError
+
+POSITIVE_INT_KEYS = {"batch_size", "test_batch_size", "epochs", "num_classes", "steps_per_epoch"}
+NON_NEGATIVE_INT_KEYS = {"workers", "steps", "eval_steps", "eval_samples", "n_ex", "save_every"}
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            child = f"{path}.{key}" if path else str(key)
+            yield child, str(key), value
+            yield from _walk(value, child)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_value(path: str, key: str, value: Any) -> None:
+    """Raise ConfigError if ``value`` is out of range for a key of this name."""
+    if value is None or not _is_number(value):
+        if key in POSITIVE_INT_KEYS | NON_NEGATIVE_INT_KEYS and value is not None and not _is_number(value):
+            raise ConfigError(f"{path}={value!r} must be a whole number")
+        return
+    if key.endswith("temperature") and value <= 0:
+        raise ConfigError(f"{path}={value} must be > 0 (a temperature divides the logits)")
+    if (key.endswith("_weight") or key in {"alpha", "beta", "gamma", "kd_weight"}) and value < 0:
+        raise ConfigError(f"{path}={value} must be >= 0 (a negative weight would maximise that term)")
+    if key in POSITIVE_INT_KEYS and value <= 0:
+        raise ConfigError(f"{path}={value} must be a positive whole number")
+    if key in NON_NEGATIVE_INT_KEYS and value < 0:
+        raise ConfigError(f"{path}={value} must be >= 0")
+    if key == "lr" and value <= 0:
+        raise ConfigError(f"{path}={value} must be > 0")
+    if key in {"eps", "epsilon"} and not 0 <= value <= 1:
+        raise ConfigError(
+            f"{path}={value} must be in [0, 1] (inputs live in [0, 1]; write 8/255 as 0.0313725 or '8/255')"
+        )
+    if key.endswith("decay") and not 0 <= value < 1 and "weight" not in key:
+        raise ConfigError(f"{path}={value} must be in [0, 1)")
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Check every value of a resolved config; raise one ConfigError naming the first bad key."""
+    for path, key, value in _walk(config):
+        if path.startswith("hydra"):
+            continue
+        check_value(path, key, value)
