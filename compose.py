@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ikl.data import DataError, DeviceCIFARLoader, build_loaders
 from ikl.engine.checkpoint import load_checkpoint
 from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
-from ikl.engine.sink import MetricSink
+from ikl.engine.sink import MetricSink, write_json_atomic
 from ikl.engine.trainer import TrainSettings
 from ikl.engine.validate import validate_config
 from ikl.errors import ConfigError, UserError
@@ -230,6 +230,7 @@ def train_settings(cfg: DictConfig, device: torch.device, monitor: dict[str, str
         log_every=t.log_every,
         save_every=t.save_every,
         monitor=monitor,
+        stop_after=t.get("stop_after"),
         progress=t.progress and sys.stderr.isatty() or bool(os.environ.get("IKL_PROGRESS")),
     )
 
@@ -255,6 +256,12 @@ def prepare_model(model: torch.nn.Module, cfg: DictConfig, session: Session) -> 
         device_ids = [session.device.index] if session.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return model
+
+
+def write_summary(summary: dict[str, Any], session: Session) -> None:
+    """Rewrite ``summary.json`` after the sink has closed (e.g. with a baseline's numbers added)."""
+    if session.dist.is_main:
+        write_json_atomic(session.run_dir / "summary.json", summary)
 
 
 def report(summary: dict[str, Any], session: Session) -> None:

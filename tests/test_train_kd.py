@@ -109,7 +109,10 @@ def test_resume_gives_identical_weights_and_prior(tmp_path, teacher_file):
     straight = train_kd.run(
         compose_config("train_kd", kd_overrides(tmp_path / "a", teacher_file, "loss=ikl_gi", "trainer.epochs=2"))
     )
-    first = compose_config("train_kd", kd_overrides(tmp_path / "b", teacher_file, "loss=ikl_gi", "trainer.epochs=1"))
+    first = compose_config(
+        "train_kd",
+        kd_overrides(tmp_path / "b", teacher_file, "loss=ikl_gi", "trainer.epochs=2", "trainer.stop_after=1"),
+    )
     train_kd.run(first)
     resumed = train_kd.run(
         compose_config(

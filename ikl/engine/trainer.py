@@ -59,6 +59,7 @@ class TrainSettings:
     save_every: int = 1
     monitor: Mapping[str, str] = field(default_factory=lambda: {"best": "test/acc"})
     progress: bool = True
+    stop_after: int | None = None  # epochs to run in this invocation (time-limited jobs); resume later
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_DTYPES:
@@ -224,9 +225,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
+        last_epoch = self.settings.epochs
+        if self.settings.stop_after:
+            last_epoch = min(last_epoch, self.epoch + self.settings.stop_after)
         with _StopFlag() as stop:
             self._stop = stop
-            while self.epoch < self.settings.epochs:
+            while self.epoch < last_epoch:
                 epoch = self.epoch + 1
                 train_metrics = self.train_epoch(epoch)
                 self.epoch = epoch

@@ -1,0 +1,161 @@
+"""L∞ projected gradient ascent (PGD) and the objectives it maximises.
+
+The training adversary of the official DKL/TRADES code (``perturb_input`` in
+``DKLv1/Adv-training-dkl/train_dkl_cifar100.py``, PAPER.md §1.4) and the PGD-k / CW-k evaluation of
+paper Table 11 are one loop here; they differ only in the start point and the objective:
+
+* start ``"normal"``: x + 0.001·N(0, 1), *not* clamped before the first step (TRADES/DKL training);
+* start ``"uniform"``: x + U(−ε, ε), clamped to [0, 1] (Madry et al.; the PGD-20/CW-20 evaluation).
+
+Every step is x ← clip_[0,1](Π_ε(x + η·sign ∇_x L)). Gradients are taken with
+``torch.autograd.grad`` with respect to the input only, so no parameter ``.grad`` is ever written;
+the model runs in eval mode (each module's previous mode is restored afterwards) and in float32
+with autocast disabled, whatever the caller's autocast state.
+
+An objective is a callable ``objective(adv_logits) -> scalar`` built by one of the factories below.
+Sign-gradient ascent is invariant to a positive rescaling of the objective, so sum and mean
+reductions give the same attack; the factories use sums (no gradient underflow for tiny batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ikl.losses import IKLLoss, kl_div
+
+Objective = Callable[[Tensor], Tensor]
+RandomStart = Literal["normal", "uniform"] | None
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module of ``model`` in eval mode; restore each module's own flag on exit."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def ce_objective(labels: Tensor) -> Objective:
+    """Cross-entropy to the true labels, summed over the batch (PGD of Madry et al.; TRADES eval)."""
+
+    def objective(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+    return objective
+
+
+def cw_objective(labels: Tensor, kappa: float = 0.0) -> Objective:
+    """Carlini–Wagner margin, summed: Σ_b −max(z_y − max_{j≠y} z_j + κ, 0).
+
+    As the ``cwloss`` of the TRADES/AWP/CAT evaluation scripts: ascent raises the best non-target
+    logit over the target logit until the margin exceeds κ, then that sample's gradient is zero and
+    it stays where it is. κ only matters for how far past the boundary a sample is pushed, so the
+    robust accuracy of CW-k does not depend on it (those scripts use ``confidence=50``).
+    """
+
+    def objective(logits: Tensor) -> Tensor:
+        logits = logits.float()
+        target = logits.gather(1, labels[:, None]).squeeze(1)
+        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+        return -(target - others.amax(dim=1) + kappa).clamp_min(0).sum()
+
+    return objective
+
+
+def trades_objective(natural_logits: Tensor) -> Objective:
+    """KL(softmax(z_nat) ‖ softmax(z_adv)) with sum reduction: the TRADES adversary (official
+    ``criterion_kl = nn.KLDivLoss(size_average=False)``, PAPER.md §1.2). ``natural_logits`` are fixed."""
+    natural = natural_logits.detach()
+
+    def objective(logits: Tensor) -> Tensor:
+        return kl_div(logits, natural) * len(logits)
+
+    return objective
+
+
+def ikl_objective(
+    criterion: IKLLoss,
+    natural_logits: Tensor,
+    labels: Tensor,
+    wmse_weight: float,
+    sce_weight: float,
+) -> Objective:
+    """The IKL-AT adversary: Σ of ``criterion.terms(adv, nat, labels, wmse_weight=, sce_weight=)``.
+
+    Official ``perturb_input`` maximises ``dkl_loss(z_nat, z_adv, W, alpha=1, beta=β_adv)`` with
+    class-wise weights W, i.e. our ``sce_weight=1`` and ``wmse_weight=1`` on CIFAR-100, ``0`` on
+    CIFAR-10 (PAPER.md §0.5, §1.4), not the training weights. The natural logits are fixed: the
+    official code recomputes ``model(x_nat)`` every step, which does not change ∇_x.
+    """
+    natural = natural_logits.detach()
+
+    def objective(logits: Tensor) -> Tensor:
+        terms = criterion.terms(logits, natural, labels, wmse_weight=wmse_weight, sce_weight=sce_weight)
+        return sum(terms.values())
+
+    return objective
+
+
+def _start(
+    x: Tensor, eps: float, random_start: RandomStart, start_std: float, generator: torch.Generator | None
+) -> Tensor:
+    if random_start is None:
+        return x.clone()
+    if random_start == "normal":
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + start_std * noise
+    if random_start == "uniform":
+        noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+        return (x + noise).clamp_(0.0, 1.0)
+    raise ValueError(f"random_start must be 'normal', 'uniform' or None, got {random_start!r}")
+
+
+def pgd_linf(
+    model: nn.Module,
+    x: Tensor,
+    objective: Objective,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: RandomStart = "normal",
+    start_std: float = 0.001,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L∞ PGD: ``steps`` sign-gradient ascent steps on ``objective(model(x_adv))``; returns x_adv.
+
+    Args:
+        model: returns logits for inputs in [0, 1]; put in eval mode for the attack, then restored.
+            Under DDP pass the wrapped module (``ddp.module``): the attack needs no gradient sync.
+        x: clean inputs in [0, 1], any shape with a batch dimension.
+        objective: ``adv_logits -> scalar`` (see :func:`ce_objective` and friends).
+        eps, step_size, steps: radius ε, step η, number of steps K. ``eps == 0`` or ``steps == 0``
+            returns a clone of ``x``.
+        random_start: ``"normal"`` (x + start_std·N(0,1), unclamped; official DKL/TRADES training),
+            ``"uniform"`` (U(−ε, ε), clamped to [0, 1]; evaluation PGD) or ``None`` (start at x).
+        generator: a ``torch.Generator`` on ``x.device`` for a reproducible random start.
+
+    After every step the iterate is projected onto the ε-ball around x and onto [0, 1].
+    """
+    x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+    if eps == 0 or steps == 0:
+        return x.clone()
+    with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
+        x_adv = _start(x, eps, random_start, start_std, generator)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = objective(model(x_adv))
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + step_size * grad.sign()
+            x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+    return x_adv.detach()
