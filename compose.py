@@ -57,7 +57,7 @@ def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
             if found is None:
                 raise
             sys.stderr.write(f"error: {found}\n")
-            sys.exit(2)
+            sys.exit(getattr(found, "exit_code", 2))
 
     return wrapper
 

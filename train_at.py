@@ -89,8 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             weights_meta=compose.weights_meta(cfg.model.name, datasets.num_classes, datasets),
         )
         if session.resume_state is not None:
-            trainer.load_state_dict(session.resume_state)
-            session.sink.truncate_after(trainer.epoch)
+            trainer.restore(session.resume_state)
         summary = trainer.fit()
         summary.update(
             model=cfg.model.name, loss=cfg.loss.name, dataset=cfg.dataset.name, seed=cfg.seed, eps=str(cfg.attack.eps)

@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             teacher_acc = evaluate_classifier(teacher, test_loader, session.device)["acc"]
             log.info("teacher %s test accuracy: %.2f%%", cfg.teacher.name, teacher_acc)
             check_teacher(cfg, teacher_acc)
-            session.sink.log({"teacher/acc": teacher_acc}, step=0, epoch=0)
+            if session.resume_state is None:  # a resumed run has it in its metrics already
+                session.sink.log({"teacher/acc": teacher_acc}, step=0, epoch=0)
         task.model = compose.prepare_model(task.model, cfg, session)
         optimizer, scheduler = compose.build_optimization(cfg, task.model.parameters())
         trainer = Trainer(
@@ -127,8 +128,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             weights_meta=compose.weights_meta(cfg.student.name, datasets.num_classes, datasets),
         )
         if session.resume_state is not None:
-            trainer.load_state_dict(session.resume_state)
-            session.sink.truncate_after(trainer.epoch)
+            trainer.restore(session.resume_state)
         summary = {
             **trainer.fit(),
             "teacher_acc": teacher_acc,

@@ -4,12 +4,19 @@ For CIFAR-sized data the host-side pipeline (PIL decode, per-image crop/flip, co
 costs more than a small model's step. Here the split lives on ``device`` as uint8 and each
 batch is gathered, randomly cropped (zero padding) and flipped with one vectorised indexing
 op, then converted to float and normalised, all on the device.
+
+On the CPU a batch is assembled with one intra-op thread (the setting is restored before the batch
+is yielded, so the training step keeps all threads): a batch is a few hundred KB, too little for
+OpenMP's fork/join to pay off, and when the cores are oversubscribed (DataLoader workers, other
+processes) each parallel region waits for a descheduled thread, which made the multi-threaded
+loader ~10x slower on a shared 2-core machine.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -19,6 +26,20 @@ from .common import Datasets, uint8_images_to_tensor
 from .loaders import epoch_seed, per_rank_batch, shuffled_shard
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run the block with one intra-op thread when ``device`` is the CPU; restore the count after."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def crop_flip_batch(
@@ -183,8 +204,10 @@ class DeviceCIFARLoader:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(epoch_seed(self.seed, self.rank, self.epoch, stream=2))
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self._batch(self.images[idx], gen), self.labels[idx]
+            with _one_thread_on_cpu(self.device):
+                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+                batch = self._batch(self.images[idx], gen), self.labels[idx]
+            yield batch
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b, span = len(x), 2 * self.crop_padding + 1

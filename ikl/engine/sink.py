@@ -125,11 +125,14 @@ class MetricSink:
     def wandb_dir(self) -> str | None:
         return str(Path(self.wandb_run.dir).parent) if self.wandb_run is not None else None
 
-    def truncate_after(self, epoch: int) -> None:
-        """On resume: drop records of epochs after the checkpoint (they will be recomputed)."""
+    def truncate_after(self, epoch: int, step: int) -> None:
+        """On resume: drop what was logged after the checkpoint (epoch ``epoch`` done, ``step``
+        steps taken); those records will be written again by the resumed run."""
         if not self.enabled:
             return
-        self.records = [r for r in self.records if r.get("epoch", 0) <= epoch]
+        self.records = [
+            r for r in self.records if r.get("step", 0) <= step and (r.get("epoch", 0) <= epoch or "test/acc" not in r)
+        ]
         with open(self.jsonl_path, "w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in self.records)
 

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ikl.data import set_epoch as set_loader_epoch
-from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
+from ikl.engine.checkpoint import save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
 from ikl.engine.sink import MetricSink, write_json_atomic
 from ikl.errors import UserError
@@ -35,8 +34,10 @@ from ikl.errors import UserError
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Test switch (reliability suite): make the loss NaN at this global step.
+# Test switches (reliability suite): make the loss NaN at this global step; send this process
+# SIGTERM right after this global step.
 NAN_STEP_ENV = "IKL_TEST_NAN_AT_STEP"
+SIGTERM_STEP_ENV = "IKL_TEST_SIGTERM_AFTER_STEP"
 
 
 class NonFiniteLossError(UserError):
@@ -44,7 +45,11 @@ class NonFiniteLossError(UserError):
 
 
 class Interrupted(UserError):
-    """SIGTERM/SIGINT: the run stopped cleanly at a step boundary."""
+    """SIGTERM/SIGINT: the run stopped cleanly at a step boundary (exit code 128 + signal)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -123,6 +128,60 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
     return {"acc": 100.0 * correct1 / max(n, 1), "acc_top5": 100.0 * correct5 / max(n, 1), "n": int(n)}
 
 
+@dataclass
+class _EpochProgress:
+    """Running sums of one epoch; part of a mid-epoch checkpoint so a resumed epoch logs the same."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    seen: int = 0
+    data_time: float = 0.0
+    step_time: float = 0.0
+    batches_done: int = 0
+
+    def add(self, out: Mapping[str, Any], y: torch.Tensor) -> None:
+        n = len(y)
+        for key, value in out.items():
+            if key.startswith(("loss", "time_")):
+                self.sums[key] = self.sums.get(key, 0.0) + float(value) * (n if key.startswith("loss") else 1)
+        logits = out["logits"]
+        labels = y if logits.shape[0] == n else y.repeat(logits.shape[0] // n)
+        # accuracy of the (first-view) predictions; two-view batches count each sample once
+        self.correct += int((logits.argmax(1) == labels).sum()) * n // len(labels)
+        self.seen += n
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.seen, 1)
+
+    def metrics(self, trainer: Trainer, elapsed: float) -> dict[str, float]:
+        totals = torch.tensor([self.seen, self.correct, self.data_time, self.step_time], dtype=torch.float64)
+        seen, correct, _, _ = all_reduce_sum(totals.to(trainer.device)).tolist()
+        metrics = {f"train/{k}": v / max(self.seen, 1) for k, v in self.sums.items() if k.startswith("loss")}
+        metrics.update({f"time/{k[5:]}": v for k, v in self.sums.items() if k.startswith("time_")})
+        metrics.update(
+            {
+                "train/acc": 100.0 * correct / max(seen, 1),
+                "train/lr": trainer._lr(),
+                "time/data": self.data_time,
+                "time/step": self.step_time,
+                "time/epoch": elapsed,
+                "train/images_per_s": seen / max(elapsed, 1e-9),
+            }
+        )
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "sums": dict(self.sums),
+            "correct": self.correct,
+            "seen": self.seen,
+            "data_time": self.data_time,
+            "step_time": self.step_time,
+            "batches_done": self.batches_done,
+        }
+
+
 class _StopFlag:
     """Turns SIGTERM/SIGINT into a flag checked at step boundaries."""
 
@@ -180,6 +239,8 @@ class Trainer:
         self.best: dict[str, dict[str, float]] = {}
         self.history: list[dict[str, float]] = []
         self._nan_step = int(os.environ.get(NAN_STEP_ENV, "-1"))
+        self._sigterm_step = int(os.environ.get(SIGTERM_STEP_ENV, "-1"))
+        self._resume_progress: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -196,6 +257,7 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "wandb_run_id": self.sink.run_id,
+            "epoch_in_progress": None,
             **self._weights_fields(unwrap(self.task.model)),
         }
 
@@ -211,17 +273,16 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best = dict(state["best"])
         self.history = list(state["history"])
+        self._resume_progress = state.get("epoch_in_progress")
 
-    def resume(self) -> bool:
-        """Continue from ``checkpoints/last.pt`` if it exists; returns whether it did."""
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
-            log.info("resume requested but %s does not exist: starting from scratch", path)
-            return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
-        self.sink.truncate_after(self.epoch)
-        log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
-        return True
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`state_dict` (end of epoch or mid-epoch)."""
+        self.load_state_dict(state)
+        self.sink.truncate_after(self.epoch, self.step)
+        where = (
+            f", mid-epoch at batch {self._resume_progress['progress']['batches_done']}" if self._resume_progress else ""
+        )
+        log.info("resumed after epoch %d (step %d%s)", self.epoch, self.step, where)
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -241,14 +302,14 @@ class Trainer:
         return self.summary()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch; continues a half-done epoch when resumed from a mid-epoch (SIGTERM) checkpoint."""
         self.task.train()
         self.task.on_epoch_start(epoch)
         set_epoch(self.train_loader, epoch)
-        sums: dict[str, float] = defaultdict(float)
-        correct = seen = 0
-        data_time = step_time = 0.0
+        progress, skip, pending_rng = self._take_resume_progress(epoch)
         bar = tqdm(
             total=len(self.train_loader),
+            initial=skip,
             desc=f"epoch {epoch}/{self.settings.epochs}",
             disable=not (self.settings.progress and self.dist.is_main),
             leave=False,
@@ -256,53 +317,45 @@ class Trainer:
         )
         start = tic = time.perf_counter()
         for batch_index, batch in enumerate(self.train_loader):
+            if batch_index < skip:
+                # Loading (not training on) the finished batches replays the loader's own random
+                # state; the global RNG is then put back to where the interrupted run stood.
+                if batch_index == skip - 1:
+                    set_rng_state(pending_rng)
+                tic = time.perf_counter()
+                continue
             x, y = to_device(batch, self.device, self.settings.channels_last)
-            data_time += time.perf_counter() - tic
+            progress.data_time += time.perf_counter() - tic
             tic = time.perf_counter()
             out = self.train_step(x, y, epoch, batch_index)
-            step_time += time.perf_counter() - tic
-            n = len(y)
-            for key, value in out.items():
-                if key.startswith("loss"):
-                    sums[key] += float(value) * n
-                elif key.startswith("time_"):
-                    sums[key] += float(value)
-            labels = y if out["logits"].shape[0] == n else y.repeat(out["logits"].shape[0] // n)
-            correct += int((out["logits"].argmax(1) == labels).sum()) * n // len(labels)
-            seen += n
+            progress.step_time += time.perf_counter() - tic
+            progress.add(out, y)
+            progress.batches_done = batch_index + 1
             if self.dist.is_main and self.step % self.settings.log_every == 0:
                 self.sink.log(
                     {"train/loss_step": float(out["loss"]), "train/lr": self._lr()}, step=self.step, epoch=epoch
                 )
-            bar.set_postfix(
-                loss=f"{float(out['loss']):.3f}",
-                acc=f"{100 * correct / seen:.1f}",
-                ips=f"{seen / (time.perf_counter() - start):.0f}",
-            )
+            bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{progress.accuracy:.1f}")
             bar.update()
-            if self._stop.signal is not None:
+            if self._stop_requested():
                 bar.close()
-                self._interrupted(epoch)
+                self._interrupted(epoch, progress)
             tic = time.perf_counter()
         bar.close()
         self.task.on_epoch_end(epoch)
-        totals = all_reduce_sum(
-            torch.tensor([seen, correct, data_time, step_time], dtype=torch.float64, device=self.device)
-        ).tolist()
-        elapsed = time.perf_counter() - start
-        metrics = {f"train/{k}": v / max(seen, 1) for k, v in sums.items() if k.startswith("loss")}
-        metrics.update({f"time/{k[5:]}": v for k, v in sums.items() if k.startswith("time_")})
-        metrics.update(
-            {
-                "train/acc": 100.0 * totals[1] / max(totals[0], 1),
-                "train/lr": self._lr(),
-                "time/data": data_time,
-                "time/step": step_time,
-                "time/epoch": elapsed,
-                "train/images_per_s": totals[0] / max(elapsed, 1e-9),
-            }
-        )
-        return metrics
+        return progress.metrics(self, time.perf_counter() - start)
+
+    def _take_resume_progress(self, epoch: int) -> tuple[_EpochProgress, int, Any]:
+        saved, self._resume_progress = self._resume_progress, None
+        if saved is None or saved["epoch"] != epoch:
+            return _EpochProgress(), 0, None
+        progress = _EpochProgress(**saved["progress"])
+        return progress, progress.batches_done, saved["rng"]
+
+    def _stop_requested(self) -> bool:
+        """A signal seen by any rank stops every rank after the same step (no rank waits forever)."""
+        flag = torch.tensor([float(self._stop.signal is not None)], device=self.device)
+        return bool(all_reduce_sum(flag).item() > 0) if self.dist.enabled else bool(flag.item())
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,6 +377,8 @@ class Trainer:
         self.scaler.update()
         self.task.after_optimizer_step(self.step)
         self.step += 1
+        if self.step == self._sigterm_step:
+            os.kill(os.getpid(), signal.SIGTERM)
         return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
 
     def _lr(self) -> float:
@@ -388,11 +443,28 @@ class Trainer:
             f"batch indices and terms in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
         )
 
-    def _interrupted(self, epoch: int) -> None:
-        name = signal.Signals(self._stop.signal).name
+    def _interrupted(self, epoch: int, progress: _EpochProgress) -> None:
+        """Save a resumable mid-epoch checkpoint (single process), then stop with one line.
+
+        Under DDP the class-prior accumulators are per rank, so no mid-epoch state is written there:
+        the last end-of-epoch checkpoint stays and the interrupted epoch is redone on resume.
+        """
+        signum = self._stop.signal or signal.SIGTERM
         last = self.ckpt_dir / "last.pt"
-        where = f"checkpoint {last} (epoch {self.epoch}) is intact" if last.is_file() else "no checkpoint yet"
-        raise Interrupted(f"{name} received during epoch {epoch}: stopped cleanly; {where}; continue with resume=true")
+        if self.dist.enabled:
+            kept = f"{last} (epoch {self.epoch}) is intact" if last.is_file() else "no checkpoint was written yet"
+            raise Interrupted(
+                f"{signal.Signals(signum).name} received during epoch {epoch}: {kept}; continue with resume=true",
+                signum,
+            )
+        state = self.state_dict()
+        state["epoch_in_progress"] = {"epoch": epoch, "progress": progress.state(), "rng": state["rng"]}
+        save_checkpoint(state, last)
+        raise Interrupted(
+            f"{signal.Signals(signum).name} received: saved epoch {epoch} at batch {progress.batches_done}/"
+            f"{len(self.train_loader)} to {last}; continue with resume=true",
+            signum,
+        )
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
