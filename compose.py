@@ -28,7 +28,7 @@ from ikl.data import DataError, DeviceCIFARLoader, build_loaders
 from ikl.engine.checkpoint import load_checkpoint
 from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
 from ikl.engine.sink import MetricSink, write_json_atomic
-from ikl.engine.trainer import TrainSettings
+from ikl.engine.trainer import Trainer, TrainSettings
 from ikl.engine.validate import validate_config
 from ikl.errors import ConfigError, UserError
 
@@ -195,7 +195,10 @@ def build_data(cfg: DictConfig, session: Session):
         world_size=dist_info.world_size,
         pin_memory=session.device.type == "cuda",
     )
-    if cfg.trainer.loader == "device":
+    loader = cfg.trainer.loader
+    if loader == "auto":  # the device-resident loader where it pays: CUDA, in-memory uint8 data, one view
+        loader = "device" if session.device.type == "cuda" and hasattr(datasets.train, "data") else "standard"
+    if loader == "device":
         if datasets.two_view or not hasattr(datasets.train, "data"):
             log.info("trainer.loader=device does not support this data/augmentation: using the standard loader")
         else:
@@ -209,6 +212,8 @@ def build_data(cfg: DictConfig, session: Session):
                 world_size=dist_info.world_size,
                 channels_last=cfg.trainer.channels_last,
             )
+    elif loader != "standard":
+        raise ConfigError(f"trainer.loader={loader!r} is not one of auto, standard, device")
     return datasets, train_loader, test_loader
 
 
@@ -276,3 +281,26 @@ def report(summary: dict[str, Any], session: Session) -> None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monitor: dict[str, str]) -> dict[str, Any]:
+    """Wrap the model (channels_last/compile/DDP), build optimizer and schedule, continue a resumed
+    run, train. ``data`` is ``(datasets, train_loader, test_loader)`` from :func:`build_data`."""
+    datasets, train_loader, test_loader = data
+    task.model = prepare_model(task.model, cfg, session)
+    optimizer, scheduler = build_optimization(cfg, task.model.parameters())
+    trainer = Trainer(
+        task,
+        optimizer,
+        scheduler,
+        train_loader,
+        test_loader,
+        train_settings(cfg, session.device, monitor),
+        run_dir=session.run_dir,
+        sink=session.sink,
+        dist_info=session.dist,
+        weights_meta=weights_meta(model_name, datasets.num_classes, datasets),
+    )
+    if session.resume_state is not None:
+        trainer.restore(session.resume_state)
+    return {**trainer.fit(), "wandb_dir": session.sink.wandb_dir}

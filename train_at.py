@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import compose
-from ikl.engine.trainer import Trainer
 from ikl.eval import check_eps
 from ikl.models import create_model
 from ikl.tasks.at import AdversarialTask, AWPConfig
@@ -69,32 +68,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     session = compose.start_session(cfg)
     failed = True
     try:
-        datasets, train_loader, test_loader = compose.build_data(cfg, session)
+        data = compose.build_data(cfg, session)
+        datasets = data[0]
         if datasets.normalized:
             log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
         model = create_model(cfg.model.name, datasets.num_classes)
         task = build_task(cfg, model, datasets.num_classes).to(session.device)
-        task.model = compose.prepare_model(task.model, cfg, session)
-        optimizer, scheduler = compose.build_optimization(cfg, task.model.parameters())
-        trainer = Trainer(
-            task,
-            optimizer,
-            scheduler,
-            train_loader,
-            test_loader,
-            compose.train_settings(cfg, session.device, MONITOR),
-            run_dir=session.run_dir,
-            sink=session.sink,
-            dist_info=session.dist,
-            weights_meta=compose.weights_meta(cfg.model.name, datasets.num_classes, datasets),
-        )
-        if session.resume_state is not None:
-            trainer.restore(session.resume_state)
-        summary = trainer.fit()
+        summary = compose.fit(cfg, session, task, data, model_name=cfg.model.name, monitor=MONITOR)
         summary.update(
             model=cfg.model.name, loss=cfg.loss.name, dataset=cfg.dataset.name, seed=cfg.seed, eps=str(cfg.attack.eps)
         )
-        summary["wandb_dir"] = session.sink.wandb_dir
         session.sink.summarize(summary)
         failed = False
     finally:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import compose
 from ikl.engine.checkpoint import load_model_weights
-from ikl.engine.trainer import Trainer, evaluate_classifier
+from ikl.engine.trainer import evaluate_classifier
 from ikl.errors import ConfigError, UserError
 from ikl.models import create_model
 from ikl.tasks import DistillationTask
@@ -98,7 +98,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     session = compose.start_session(cfg)
     failed = True
     try:
-        datasets, train_loader, test_loader = compose.build_data(cfg, session)
+        data = compose.build_data(cfg, session)
+        datasets, _, test_loader = data
         student = create_model(cfg.student.name, datasets.num_classes)
         teacher = build_teacher(cfg, datasets.num_classes, teacher_path) if distilling else None
         criterion = instantiate(cfg.loss.criterion) if distilling else None
@@ -113,28 +114,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             check_teacher(cfg, teacher_acc)
             if session.resume_state is None:  # a resumed run has it in its metrics already
                 session.sink.log({"teacher/acc": teacher_acc}, step=0, epoch=0)
-        task.model = compose.prepare_model(task.model, cfg, session)
-        optimizer, scheduler = compose.build_optimization(cfg, task.model.parameters())
-        trainer = Trainer(
-            task,
-            optimizer,
-            scheduler,
-            train_loader,
-            test_loader,
-            compose.train_settings(cfg, session.device, {"best": "test/acc"}),
-            run_dir=session.run_dir,
-            sink=session.sink,
-            dist_info=session.dist,
-            weights_meta=compose.weights_meta(cfg.student.name, datasets.num_classes, datasets),
-        )
-        if session.resume_state is not None:
-            trainer.restore(session.resume_state)
-        summary = {
-            **trainer.fit(),
-            "teacher_acc": teacher_acc,
-            "wandb_dir": session.sink.wandb_dir,
-            "student": cfg.student.name,
-        }
+        summary = compose.fit(cfg, session, task, data, model_name=cfg.student.name, monitor={"best": "test/acc"})
+        summary.update(teacher_acc=teacher_acc, student=cfg.student.name)
         summary.update(
             teacher=cfg.teacher.name if distilling else None,
             loss=cfg.loss.name,
