@@ -58,6 +58,7 @@ def ce_baseline_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         baseline.resume = True
         baseline.logger.mode = "disabled"
         baseline.run_name = f"{cfg.run_name}-ce-baseline"
+        baseline.cell = None  # not a run of the parent's paper cell
     return baseline
 
 

@@ -39,6 +39,7 @@ def teacher_run_config(cfg: DictConfig, cache_path: Path) -> DictConfig:
         teacher_cfg.resume = True
         teacher_cfg.logger.mode = "disabled"
         teacher_cfg.run_name = f"teacher-{cfg.dataset.name}-{cfg.teacher.name}-s{cfg.seed}"
+        teacher_cfg.cell = None  # not a run of the parent's paper cell
     return teacher_cfg
 
 
@@ -52,7 +53,10 @@ def teacher_checkpoint(cfg: DictConfig) -> Path:
             f"(scripts/get_teachers.sh fetches the published CIFAR-100 teachers) or train one with "
             f"`python train_kd.py loss=ce student={cfg.teacher.name} dataset={cfg.dataset.name}`"
         )
-    cache = Path(cfg.teacher.cache_dir) / f"{cfg.dataset.name}-{cfg.teacher.name}-s{cfg.seed}.pt"
+    # everything that changes the cached teacher is in its name, so a smoke teacher is never reused
+    subset = cfg.dataset.builder.get("max_train_samples") or "all"
+    key = f"{cfg.dataset.name}-{cfg.teacher.name}-e{cfg.teacher.auto_train_epochs}-n{subset}-s{cfg.seed}"
+    cache = Path(cfg.teacher.cache_dir) / f"{key}.pt"
     final = cache.with_suffix("") / "checkpoints" / "final.pt"
     if not final.is_file():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
