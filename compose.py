@@ -30,7 +30,7 @@ from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, s
 from ikl.engine.sink import MetricSink, write_json_atomic
 from ikl.engine.trainer import Trainer, TrainSettings
 from ikl.engine.validate import validate_config
-from ikl.errors import ConfigError, UserError
+from ikl.errors import CheckpointError, ConfigError, UserError
 
 log = logging.getLogger("ikl")
 
@@ -113,7 +113,8 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
     if resume is True or resume == "true":
         if (run_dir / "checkpoints" / "last.pt").is_file():
             return run_dir, run_dir / "checkpoints" / "last.pt"
-        previous = latest_run_with_checkpoint(Path(cfg.out_dir) / cfg.run_name)
+        # an explicit run_dir is the run to continue: never fall back to (and write into) another one
+        previous = None if cfg.get("run_dir") else latest_run_with_checkpoint(Path(cfg.out_dir) / cfg.run_name)
         if previous is None:
             log.info("resume=true but no earlier run of %s has a checkpoint: starting fresh", cfg.run_name)
             return run_dir, None
@@ -125,6 +126,23 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
             f"resume={resume}: no checkpoint at {checkpoint}; pass a run dir that has checkpoints/last.pt"
         )
     return checkpoint.parent.parent, checkpoint
+
+
+def check_resume_state(state: dict[str, Any], path: Path, cfg: DictConfig) -> None:
+    """Refuse, in one line, a resume checkpoint that is not a training state or is for another model."""
+    if state.get("kind") != "train-state":
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no optimizer/task state); resume needs the "
+            "checkpoints/last.pt that train_kd.py/train_at.py write"
+        )
+    section = cfg.get("student") or cfg.get("model")
+    wanted = (section.get("name") if section is not None else None, cfg.dataset.num_classes)
+    saved = (state.get("model_name"), state.get("num_classes"))
+    if any(s is not None and w is not None and s != w for s, w in zip(saved, wanted, strict=True)):
+        raise CheckpointError(
+            f"{path} was written for {saved[0]} with {saved[1]} classes but this run builds {wanted[0]} with "
+            f"{wanted[1]} classes; resume with the same model and dataset, or pick another run_dir"
+        )
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
@@ -147,10 +165,17 @@ def start_session(cfg: DictConfig) -> Session:
     device = resolve_device(device_kind, dist_info.local_rank)
     run_dir, resume_from = resolve_run_dir(cfg)
     resume_state = load_checkpoint(resume_from, map_location=device) if resume_from else None
+    if resume_state is not None:
+        check_resume_state(resume_state, resume_from, cfg)
     seed_everything(int(cfg.seed) + dist_info.rank)
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the run dir {run_dir}: {exc.strerror or exc}; choose a writable run_dir or out_dir"
+            ) from exc
     sink = MetricSink(
         run_dir,
         enabled=dist_info.is_main,
@@ -163,6 +188,8 @@ def start_session(cfg: DictConfig) -> Session:
         config=config,
         run_id=(resume_state or {}).get("wandb_run_id"),
     )
+    if resume_state is None:
+        sink.discard_earlier_attempt()  # metrics of a killed attempt that left no checkpoint
     log.info("run dir: %s (device %s, world size %d)", run_dir, device, dist_info.world_size)
     return Session(run_dir, device, dist_info, sink, resume_state, config)
 
@@ -267,6 +294,15 @@ def write_summary(summary: dict[str, Any], session: Session) -> None:
     """Rewrite ``summary.json`` after the sink has closed (e.g. with a baseline's numbers added)."""
     if session.dist.is_main:
         write_json_atomic(session.run_dir / "summary.json", summary)
+
+
+def prepare_teacher(teacher: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """The frozen teacher gets the same memory format and compilation as the student (never DDP)."""
+    if cfg.trainer.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    if cfg.trainer.compile:
+        teacher = torch.compile(teacher)
+    return teacher
 
 
 def report(summary: dict[str, Any], session: Session) -> None:

@@ -85,6 +85,12 @@ def main(cfg: DictConfig) -> None:
     except (UserError, DataError) as exc:
         print(f"eval_autoattack: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # e.g. an output_dir that cannot be created: one line, nothing written
+        print(
+            f"eval_autoattack: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}; choose another output_dir",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     log.info(
         "clean %.2f%%, AutoAttack %s, worst case %.2f%%: %s",
         100 * result["clean_acc"],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -74,6 +75,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if datasets.normalized:
             log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
         model = create_model(cfg.model.name, datasets.num_classes)
+        if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it
+            model = model.to(memory_format=torch.channels_last)
         task = build_task(cfg, model, datasets.num_classes).to(session.device)
         summary = compose.fit(cfg, session, task, data, model_name=cfg.model.name, monitor=MONITOR)
         summary.update(

@@ -111,6 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             student, teacher, criterion, ce_weight=cfg.loss.ce_weight, warmup_epochs=cfg.loss.warmup_epochs
         )
         task.to(session.device)
+        if teacher is not None:
+            task.teacher = compose.prepare_teacher(task.teacher, cfg)
         teacher_acc = None
         if teacher is not None:
             teacher_acc = evaluate_classifier(teacher, test_loader, session.device)["acc"]

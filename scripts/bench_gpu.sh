@@ -21,7 +21,8 @@
 # on PYTHONPATH. Every step runs under `timeout` within a total budget (BUDGET_S, default 450 s), so the
 # script ends within 8 minutes; a step that fails or times out is logged and the others still run (the
 # training table is rewritten after each of its sections, so a cut run keeps what it measured). The exit
-# status is non-zero if any step failed.
+# status is non-zero if any step failed. On an H200 (torch 2.11) the steps took about 15 s (checks),
+# 160 s (bench_train, compilation included) and 210 s (bench_loss): about 6.5 minutes in all.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -34,7 +34,10 @@ def make_tasks(device: str, num_classes: int = 100) -> dict[str, DistillationTas
     student = create_model("resnet8x4", num_classes).to(device)
     criteria = {
         "kd": (KDLoss(kd_weight=0.9, temperature=4.0), 0.1),
-        "ikl": (IKLLoss(num_classes=num_classes, wmse_weight=8.0, sce_weight=1.0, temperature=4.0, prior_temperature=4.0), 1.0),
+        "ikl": (
+            IKLLoss(num_classes=num_classes, wmse_weight=8.0, sce_weight=1.0, temperature=4.0, prior_temperature=4.0),
+            1.0,
+        ),
     }
     return {
         name: DistillationTask(student, teacher, criterion, ce_weight=ce_weight).to(device)

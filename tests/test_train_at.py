@@ -209,3 +209,10 @@ def test_autoattack_on_a_trained_checkpoint(tmp_path):
     result = json.loads((tmp_path / "aa" / "result.json").read_text())
     assert result["n_ex"] == 16 and result["comparable_to_leaderboard"] is False
     assert result["model"] == "resnet8" and 0 <= result["robust_acc"] <= result["clean_acc"] <= 100
+
+
+def test_awp_proxy_follows_the_task_to_another_device_or_dtype():
+    task = AdversarialTask(_toy(), KLLoss(), epochs=2, eps=0.1, awp=AWPConfig(), ema_iter_decay=None)
+    task.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in task.awp.proxy.parameters())
+    assert all(p.dtype == torch.float64 for p in task.ema_epoch.parameters())

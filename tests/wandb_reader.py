@@ -45,3 +45,14 @@ def history_rows(path: str | Path) -> list[dict]:
         if record.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
+
+
+def exit_code(path: str | Path) -> int | None:
+    """The ``exit_code`` of the run's ``exit`` record (written by ``run.finish(exit_code=...)``), or None."""
+    code = None
+    for payload in _payloads(Path(path).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "exit":
+            code = record.exit.exit_code
+    return code

@@ -114,7 +114,7 @@ def cifar_datasets(
         DataError: files absent and not downloadable, or unreadable.
     """
     if name not in _CIFAR:
-        raise ValueError(f"unknown CIFAR name {name!r}; use cifar10 or cifar100")
+        raise DataError(f"unknown CIFAR name {name!r}; use cifar10 or cifar100")
     cls, label, num_classes, default_mean, default_std = _CIFAR[name]
     mean = as_float_tuple(default_mean if mean is None else mean)
     std = as_float_tuple(default_std if std is None else std)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
-from .common import CropFlip, Datasets, UInt8ImageDataset, as_float_tuple, take_subset
+from .common import CropFlip, DataError, Datasets, UInt8ImageDataset, as_float_tuple, take_subset
 from .transforms import crop_flip, to_tensor
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def digits_datasets(
     """
     del root
     if augment not in ("none", "crop"):
-        raise ValueError(f"unknown digits augment {augment!r}; use none or crop")
+        raise DataError(f"unknown digits augment {augment!r}; use none or crop")
     mean, std = as_float_tuple(mean), as_float_tuple(std)
     images, labels = load_digits_uint8(image_size)
     train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torchvision import transforms as T
 
+from .common import DataError
+
 
 class Cutout:
     """Zero one or more square holes of side ``length`` in a ``C x H x W`` tensor.
@@ -91,4 +93,4 @@ def cifar_train_transform(
     if augment == "cutout":
         second = T.Compose([*basic, T.ToTensor(), Cutout(1, 16), *tail[1:]])
         return TwoView(T.Compose(basic + tail), second)
-    raise ValueError(f"unknown CIFAR augment {augment!r}; use none, basic, autoaug or cutout")
+    raise DataError(f"unknown CIFAR augment {augment!r}; use none, basic, autoaug or cutout")

@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
             ) from exc
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -73,7 +76,8 @@ def _describe_bad_file(path: Path, exc: Exception) -> str:
             "so unpickling it could run code; re-save it as a plain state_dict from a trusted source"
         )
     if isinstance(exc, (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError)):
-        return f"{path} is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); re-download or re-create it"
+        first = str(exc).splitlines()[0].split(". ")[0][:120]
+        return f"{path} is damaged or truncated ({type(exc).__name__}: {first}); re-download or re-create it"
     return f"could not load {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
@@ -83,7 +87,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain (non-torch.save) pickle: its problem is the one line below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
         raise CheckpointError(_describe_bad_file(path, exc)) from exc
     if not isinstance(obj, Mapping):

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ikl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -136,14 +138,30 @@ class MetricSink:
         with open(self.jsonl_path, "w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in self.records)
 
+    def discard_earlier_attempt(self) -> None:
+        """A fresh start: drop records that an earlier attempt in this run dir logged before it was
+        killed without leaving a checkpoint (they would otherwise be logged twice)."""
+        if not self.enabled or not self.records:
+            return
+        log.warning(
+            "%s: dropping %d records of an earlier attempt that left no checkpoint", self.jsonl_path, len(self.records)
+        )
+        self.records = []
+        self.jsonl_path.write_text("")
+
     def log(self, metrics: Mapping[str, Any], *, step: int, epoch: int) -> None:
         if not self.enabled:
             return
         record = {"epoch": epoch, "step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self.records.append(record)
-        with open(self.jsonl_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        try:
+            with open(self.jsonl_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+        except OSError as exc:  # a full disk, a run dir gone read-only: one line, not a traceback
+            raise UserError(
+                f"could not append to {self.jsonl_path}: {exc.strerror or exc}; the checkpoints written so far are intact"
+            ) from exc
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if not isinstance(v, str)}, step=step)
 
@@ -169,7 +187,10 @@ class MetricSink:
         if not self.enabled:
             return
         if self.records:
-            self.write_csv()
+            try:
+                self.write_csv()
+            except OSError as exc:  # derived from metrics.jsonl: never worth hiding the real error for
+                log.warning("could not write %s: %s", self.run_dir / "metrics.csv", exc.strerror or exc)
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=1 if failed else 0)
             self.wandb_run = None

@@ -241,6 +241,7 @@ class Trainer:
         self._nan_step = int(os.environ.get(NAN_STEP_ENV, "-1"))
         self._sigterm_step = int(os.environ.get(SIGTERM_STEP_ENV, "-1"))
         self._resume_progress: dict[str, Any] | None = None
+        self._stop = _StopFlag()
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -335,7 +336,8 @@ class Trainer:
                 self.sink.log(
                     {"train/loss_step": float(out["loss"]), "train/lr": self._lr()}, step=self.step, epoch=epoch
                 )
-            bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{progress.accuracy:.1f}")
+            if not bar.disable:  # reading the loss waits for the device
+                bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{progress.accuracy:.1f}")
             bar.update()
             if self._stop_requested():
                 bar.close()
@@ -354,8 +356,10 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """A signal seen by any rank stops every rank after the same step (no rank waits forever)."""
+        if not self.dist.enabled:
+            return self._stop.signal is not None
         flag = torch.tensor([float(self._stop.signal is not None)], device=self.device)
-        return bool(all_reduce_sum(flag).item() > 0) if self.dist.enabled else bool(flag.item())
+        return bool(all_reduce_sum(flag).item() > 0)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -425,7 +429,7 @@ class Trainer:
             )
 
     def _nonfinite(self, epoch: int, batch_index: int, out: Mapping[str, Any]) -> None:
-        terms = {k: float(v) for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor)}
+        terms = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor)}
         sampler_indices = _batch_sample_indices(self.train_loader, epoch, batch_index)
         report = {
             "epoch": epoch,

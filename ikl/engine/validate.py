@@ -6,13 +6,26 @@ group (loss, attack, trainer, dataset) is covered without a schema per group.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ikl.errors import ConfigError
 
-POSITIVE_INT_KEYS = {"batch_size", "test_batch_size", "epochs", "num_classes", "steps_per_epoch"}
-NON_NEGATIVE_INT_KEYS = {"workers", "steps", "eval_steps", "eval_samples", "n_ex", "save_every"}
+POSITIVE_INT_KEYS = {
+    "batch_size",
+    "test_batch_size",
+    "epochs",
+    "num_classes",
+    "steps_per_epoch",
+    "log_every",  # trainer: step % log_every
+    "save_every",  # trainer: epoch % save_every; AutoAttack: batches per state save
+}
+NON_NEGATIVE_INT_KEYS = {"workers", "steps", "eval_steps", "eval_samples", "samples", "n_ex", "seed"}
+# String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
+# deep inside a constructor with a traceback, or not at all).
+CHOICES = {"budget": ("as_run", "as_described", "low")}
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
@@ -29,6 +42,10 @@ def _is_number(value: Any) -> bool:
 
 def check_value(path: str, key: str, value: Any) -> None:
     """Raise ConfigError if ``value`` is out of range for a key of this name."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{path}={value!r} is not one of {', '.join(CHOICES[key])}")
+    if key == "device" and value is not None and not (isinstance(value, str) and DEVICE_PATTERN.fullmatch(value)):
+        raise ConfigError(f"{path}={value!r} is not a device; use auto, cpu or cuda (cuda:N)")
     if value is None or not _is_number(value):
         if key in POSITIVE_INT_KEYS | NON_NEGATIVE_INT_KEYS and value is not None and not _is_number(value):
             raise ConfigError(f"{path}={value!r} must be a whole number")
@@ -41,9 +58,13 @@ def check_value(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{path}={value} must be a positive whole number")
     if key in NON_NEGATIVE_INT_KEYS and value < 0:
         raise ConfigError(f"{path}={value} must be >= 0")
-    if key == "lr" and value <= 0:
-        raise ConfigError(f"{path}={value} must be > 0")
-    if key in {"eps", "epsilon"} and not 0 <= value <= 1:
+    if key in {"lr", "grad_clip"} and value <= 0:
+        raise ConfigError(f"{path}={value} must be > 0" + (" (null turns clipping off)" if key == "grad_clip" else ""))
+    if key == "momentum" and value < 0:
+        raise ConfigError(f"{path}={value} must be >= 0")
+    if key == "iter_start" and not 0 <= value <= 1:
+        raise ConfigError(f"{path}={value} must be in [0, 1] (a fraction of the training epochs)")
+    if key in {"eps", "epsilon", "step_size"} and not 0 <= value <= 1:
         raise ConfigError(
             f"{path}={value} must be in [0, 1] (inputs live in [0, 1]; write 8/255 as 0.0313725 or '8/255')"
         )

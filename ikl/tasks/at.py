@@ -85,7 +85,7 @@ class AWPConfig:
     warmup_epoch: int = 10
 
 
-class WeightPerturbation:
+class WeightPerturbation(nn.Module):
     """One AWP step: θ ← θ + γ·v for the conv/fc weights, undone after the optimizer step.
 
     v_l = (θ'_l − θ_l)·‖θ_l‖/‖θ'_l − θ_l‖ where θ' is a proxy after one SGD *ascent* step on the
@@ -95,6 +95,7 @@ class WeightPerturbation:
     """
 
     def __init__(self, model: nn.Module, config: AWPConfig) -> None:
+        super().__init__()  # a module, so the proxy follows the task's .to(device)
         self.config = config
         self.proxy = copy.deepcopy(unwrap(model))
         self.proxy_optimizer = torch.optim.SGD(self.proxy.parameters(), lr=0.01)
@@ -197,8 +198,8 @@ class AdversarialTask(Task):
     def attack(self, x: Tensor, y: Tensor, epoch: int) -> Tensor:
         eps, steps, step_size = attack_schedule(epoch, self.epochs, self.eps, budget=self.budget, ramp=self.eps_ramp)
         model = unwrap(self.model)
-        with torch.no_grad(), eval_mode(model):
-            natural = model(x).float()
+        with torch.no_grad(), eval_mode(model), torch.autocast(x.device.type, enabled=False):
+            natural = model(x.float()).float()  # the adversary works in float32 throughout
         if isinstance(self.criterion, IKLLoss):
             objective = ikl_objective(
                 self.criterion, natural, y, wmse_weight=self.attack_wmse_weight, sce_weight=self.attack_sce_weight
