@@ -112,18 +112,22 @@ def peak_memory(name: str, batch: int, classes: int, device: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or what platform knows)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return cpu
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def bench_device(device: str, sizes, repeats: int, warmup: int) -> list[dict]:

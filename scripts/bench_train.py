@@ -74,6 +74,7 @@ from ikl.losses import IKLLoss  # noqa: E402
 from ikl.models import create_model  # noqa: E402
 from ikl.tasks import DistillationTask  # noqa: E402
 from ikl.tasks.at import AdversarialTask, AWPConfig  # noqa: E402
+from scripts.bench_loss import cpu_name  # noqa: E402
 from tests.datautils import write_fake_cifar100  # noqa: E402
 
 log = logging.getLogger("bench_train")
@@ -417,18 +418,6 @@ def release(runners: list[Runner]) -> None:
 
 
 # ---------------------------------------------------------------------------------- report
-def cpu_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
-
-
 def machine(device: torch.device) -> list[str]:
     threads = f"torch uses {torch.get_num_threads()} intra-op threads"
     if os.environ.get("OMP_NUM_THREADS"):

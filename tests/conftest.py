@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +20,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def teacher_file(tmp_path: Path) -> Path:
+    """A random resnet8 teacher for 10 classes in mdistiller's checkpoint layout."""
+    from tests.runutils import save_teacher
+
+    path = tmp_path / "teacher" / "ckpt_epoch_240.pth"
+    save_teacher(path)
+    return path

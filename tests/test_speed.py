@@ -24,14 +24,7 @@ from ikl.engine.distributed import DistInfo
 from ikl.losses import IKLLoss
 from ikl.models import create_model
 from ikl.tasks import DistillationTask
-from tests.runutils import ROOT, TINY_DIGITS, compose_config, save_teacher
-
-
-@pytest.fixture
-def teacher_file(tmp_path: Path) -> Path:
-    path = tmp_path / "teacher" / "ckpt_epoch_240.pth"
-    save_teacher(path)
-    return path
+from tests.runutils import ROOT, TINY_DIGITS, compose_config
 
 
 def kd_overrides(tmp_path: Path, teacher_file: Path, *extra: str) -> list[str]:

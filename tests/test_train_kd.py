@@ -22,13 +22,6 @@ from tests.wandb_reader import history_rows
 LOSSES = ["ce", "kd", "dkd", "kl", "dkl", "ikl", "ikl_gi"]
 
 
-@pytest.fixture
-def teacher_file(tmp_path: Path) -> Path:
-    path = tmp_path / "teacher" / "ckpt_epoch_240.pth"
-    save_teacher(path)
-    return path
-
-
 def kd_overrides(tmp_path: Path, teacher_file: Path, *extra: str) -> list[str]:
     return [
         *TINY_DIGITS,
