@@ -101,4 +101,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import compose  # the shared check of config-group choices, before Hydra composes
+
+    compose.check_command_line()
     main()

@@ -35,6 +35,7 @@ def build_task(cfg: DictConfig, model, num_classes: int) -> AdversarialTask:
         eps=check_eps(cfg.attack.eps),
         eps_ramp=cfg.attack.eps_ramp,
         budget=cfg.attack.budget,
+        attack_precision=cfg.attack.precision,
         attack_wmse_weight=cfg.attack.wmse_weight,
         attack_sce_weight=cfg.attack.sce_weight,
         aug_weight=cfg.aug_weight,
@@ -100,4 +101,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    compose.check_command_line()
     main()

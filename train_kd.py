@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import compose
 from ikl.engine.checkpoint import load_model_weights
 from ikl.engine.trainer import evaluate_classifier
-from ikl.errors import ConfigError, UserError
+from ikl.errors import CheckpointError, ConfigError, UserError
 from ikl.models import create_model
 from ikl.tasks import DistillationTask
 
@@ -85,6 +85,30 @@ def build_teacher(cfg: DictConfig, num_classes: int, path: Path):
     return model
 
 
+def load_teacher(cfg: DictConfig):
+    """The teacher, trained and cached first if it must be, loaded and verified before the run dir is
+    touched: a bad teacher file with ``resume=true`` leaves config.yaml, checkpoints and metrics as they were.
+
+    It is built for ``dataset.num_classes`` (``compose.build_data`` checks that against the data once the
+    session is open); when the file does not fit, a wrong ``dataset.num_classes`` is the mistake to name.
+    """
+    path = teacher_checkpoint(cfg)
+    try:
+        return build_teacher(cfg, cfg.dataset.num_classes, path)
+    except CheckpointError:
+        check_num_classes(cfg)
+        raise
+
+
+def check_num_classes(cfg: DictConfig) -> None:
+    """``dataset.num_classes`` against the data (the same check ``compose.build_data`` makes later)."""
+    datasets = instantiate(cfg.dataset.builder)
+    if datasets.num_classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={cfg.dataset.num_classes} but the data has {datasets.num_classes} classes; fix the dataset config"
+        )
+
+
 def check_teacher(cfg: DictConfig, accuracy: float) -> None:
     expected = cfg.teacher.expected_acc
     if expected is not None and abs(accuracy - expected) > cfg.teacher.acc_tolerance:
@@ -98,14 +122,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one student (or, with loss=ce, one network) and return the run summary."""
     compose.validate(cfg)
     distilling = cfg.loss.criterion is not None
-    teacher_path = teacher_checkpoint(cfg) if distilling else None
+    teacher = load_teacher(cfg) if distilling else None  # every teacher check before anything is written
     session = compose.start_session(cfg)
     failed = True
     try:
         data = compose.build_data(cfg, session)
         datasets, _, test_loader = data
         student = create_model(cfg.student.name, datasets.num_classes)
-        teacher = build_teacher(cfg, datasets.num_classes, teacher_path) if distilling else None
         criterion = instantiate(cfg.loss.criterion) if distilling else None
         task = DistillationTask(
             student, teacher, criterion, ce_weight=cfg.loss.ce_weight, warmup_epochs=cfg.loss.warmup_epochs
@@ -142,4 +165,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    compose.check_command_line()
     main()

@@ -30,3 +30,15 @@ def teacher_file(tmp_path: Path) -> Path:
     path = tmp_path / "teacher" / "ckpt_epoch_240.pth"
     save_teacher(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models run faster with it, and on a shared small CPU an OpenMP region
+    with more threads stalls while another process holds a core; these tests check results, not speed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

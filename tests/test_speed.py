@@ -92,16 +92,6 @@ def seen(monkeypatch) -> dict[str, list]:
     return record
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared small CPU, OpenMP regions with more stall while another process
-    holds a core (4x slower here); these tests check results, not speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_losses_float32_and_finite(losses: list[dict[str, torch.Tensor]]) -> None:
     assert losses, "no training step ran"
     for step in losses:
@@ -258,5 +248,17 @@ def test_bench_train_quick_writes_its_table(tmp_path):
     for heading in ("## Train loaders alone", "## IKL-KD", "## IKL-AT", "## Notes"):
         assert heading in table
     assert "failed" not in table, table
-    assert "| official |" in table and "| fast |" in table and "| fast + teacher |" in table
+    assert "| official |" in table and "| fast |" in table
     assert "AMD" in table or "CPU:" in table
+
+
+def test_bench_train_offers_the_opt_in_configurations_where_they_apply():
+    from scripts import bench_train
+
+    args = types.SimpleNamespace(amp="auto", compile="auto")
+    names = lambda device, task: [c.name for c in bench_train.configurations(torch.device(device), args, 2, task)]  # noqa: E731
+    assert names("cuda", "kd") == ["official", "fast", "graphs", "graphs + compile"]
+    assert names("cuda", "at") == ["official", "fast", "fast + amp attack"]
+    assert names("cpu", "kd") == names("cpu", "at") == ["official", "fast"]  # no graphs, no bf16 on the CPU
+    graphs = bench_train.configurations(torch.device("cuda"), args, 2, "kd")[2]
+    assert graphs.cuda_graphs and graphs.amp == "bf16" and graphs.channels_last and not graphs.compile

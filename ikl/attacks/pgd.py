@@ -9,8 +9,11 @@ paper Table 11 are one loop here; they differ only in the start point and the ob
 
 Every step is x ← clip_[0,1](Π_ε(x + η·sign ∇_x L)). Gradients are taken with
 ``torch.autograd.grad`` with respect to the input only, so no parameter ``.grad`` is ever written;
-the model runs in eval mode (each module's previous mode is restored afterwards) and in float32
-with autocast disabled, whatever the caller's autocast state.
+the model runs in eval mode (each module's previous mode is restored afterwards) and, by default, in
+float32 with autocast disabled whatever the caller's autocast state, as the official code's float32
+adversary. ``pgd_linf(..., autocast=True)`` instead runs the model's forward and backward under the
+caller's autocast (the IKL-AT training adversary's ``attack.precision=amp``); the objective, the iterate,
+the ε-projection and the result stay float32 either way. Evaluation never passes ``autocast=True``.
 
 An objective is a callable ``objective(adv_logits) -> scalar`` built by one of the factories below.
 Sign-gradient ascent is invariant to a positive rescaling of the objective, so sum and mean
@@ -20,7 +23,7 @@ reductions give the same attack; the factories use sums (no gradient underflow f
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -43,6 +46,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in flags:
             module.training = training
+
+
+def adversary_autocast(device_type: str, autocast: bool) -> AbstractContextManager:
+    """The precision of an adversary's forwards: the caller's autocast if ``autocast``, else float32.
+
+    ``autocast=False`` disables autocast (the official code's float32 adversary; evaluation).
+    ``autocast=True`` leaves the caller's autocast state as it is (bf16/fp16 convolutions under
+    ``trainer.amp``; float32 when the caller runs without autocast).
+    """
+    return nullcontext() if autocast else torch.autocast(device_type, enabled=False)
+
+
+def float32_objective(objective: Objective, logits: Tensor) -> Tensor:
+    """``objective`` on float32 logits with autocast off, so a reduced-precision forward only changes
+    the logits, never the loss arithmetic (float64 logits stay float64)."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return objective(logits.to(torch.promote_types(logits.dtype, torch.float32)))
 
 
 def ce_objective(labels: Tensor) -> Objective:
@@ -131,6 +151,7 @@ def pgd_linf(
     random_start: RandomStart = "normal",
     start_std: float = 0.001,
     generator: torch.Generator | None = None,
+    autocast: bool = False,
 ) -> Tensor:
     """L∞ PGD: ``steps`` sign-gradient ascent steps on ``objective(model(x_adv))``; returns x_adv.
 
@@ -144,17 +165,23 @@ def pgd_linf(
         random_start: ``"normal"`` (x + start_std·N(0,1), unclamped; official DKL/TRADES training),
             ``"uniform"`` (U(−ε, ε), clamped to [0, 1]; evaluation PGD) or ``None`` (start at x).
         generator: a ``torch.Generator`` on ``x.device`` for a reproducible random start.
+        autocast: ``False`` (default; evaluation and the official float32 adversary): autocast is
+            disabled inside. ``True``: the model's forward and backward run under the caller's autocast
+            (IKL-AT ``attack.precision=amp``); the logits are cast to float32 before ``objective``, and
+            ``x_adv``, the projection and the result stay float32. PGD uses only the sign of ∇_x, which
+            bf16/fp16 can flip for near-zero components (fp16, unscaled, can also underflow them to 0, i.e.
+            no step there), so the attack is close to, not equal to, the float32 one.
 
     After every step the iterate is projected onto the ε-ball around x and onto [0, 1].
     """
     x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
     if eps == 0 or steps == 0:
         return x.clone()
-    with eval_mode(model), torch.autocast(device_type=x.device.type, enabled=False), torch.enable_grad():
+    with eval_mode(model), adversary_autocast(x.device.type, autocast), torch.enable_grad():
         x_adv = _start(x, eps, random_start, start_std, generator)
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            loss = objective(model(x_adv))
+            loss = float32_objective(objective, model(x_adv))
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = x_adv.detach() + step_size * grad.sign()
             x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)

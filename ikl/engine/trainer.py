@@ -28,8 +28,9 @@ from tqdm import tqdm
 from ikl.data import set_epoch as set_loader_epoch
 from ikl.engine.checkpoint import save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
+from ikl.engine.graphs import StepGraph, optimizer_key
 from ikl.engine.sink import MetricSink, write_json_atomic
-from ikl.errors import UserError
+from ikl.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,13 @@ class TrainSettings:
     amp: str = "off"
     channels_last: bool = False
     compile: bool = False
+    cuda_graphs: bool = False  # replay each training step as one CUDA graph (graph-safe tasks, one process)
     grad_clip: float | None = None
     log_every: int = 50
+    # steps between host reads of the non-finite-loss flag (each read waits for the device);
+    # 0: every step on the CPU, every ``log_every`` steps on an accelerator. The first bad step is
+    # recorded on the device either way, so the report names it exactly.
+    finite_check_every: int = 0
     save_every: int = 1
     monitor: Mapping[str, str] = field(default_factory=lambda: {"best": "test/acc"})
     progress: bool = True
@@ -68,9 +74,13 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_DTYPES:
-            from ikl.errors import ConfigError
-
             raise ConfigError(f"trainer.amp={self.amp!r} is not one of {sorted(AMP_DTYPES)}")
+
+    @property
+    def check_every(self) -> int:
+        if self.finite_check_every > 0:
+            return self.finite_check_every
+        return 1 if self.device.type == "cpu" else self.log_every
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,37 +138,73 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
     return {"acc": 100.0 * correct1 / max(n, 1), "acc_top5": 100.0 * correct5 / max(n, 1), "n": int(n)}
 
 
-@dataclass
-class _EpochProgress:
-    """Running sums of one epoch; part of a mid-epoch checkpoint so a resumed epoch logs the same."""
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
-    sums: dict[str, float] = field(default_factory=dict)
-    correct: int = 0
-    seen: int = 0
-    data_time: float = 0.0
-    step_time: float = 0.0
-    batches_done: int = 0
+
+class _EpochProgress:
+    """Running sums of one epoch, kept on the device so a step never waits for it to be read.
+
+    Part of a mid-epoch checkpoint (as host numbers); a resumed epoch continues from the same
+    float64 sums in the same order, so it logs exactly what an uninterrupted epoch would.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | None = None,
+        *,
+        sums: Mapping[str, float] | None = None,
+        correct: int = 0,
+        seen: int = 0,
+        data_time: float = 0.0,
+        step_time: float = 0.0,
+        batches_done: int = 0,
+    ) -> None:
+        self.device = device = device or torch.device("cpu")
+        self.dtype = _accumulator_dtype(device)
+        sums = dict(sums or {})
+        self.times = {k: v for k, v in sums.items() if k.startswith("time_")}  # host timings, host sums
+        self.totals = {
+            k: torch.tensor(v, dtype=self.dtype, device=device) for k, v in sums.items() if k not in self.times
+        }
+        self.correct_total = torch.tensor(correct, dtype=torch.int64, device=device)
+        self.seen, self.data_time, self.step_time, self.batches_done = seen, data_time, step_time, batches_done
 
     def add(self, out: Mapping[str, Any], y: torch.Tensor) -> None:
+        """Add one step's loss terms (× batch size), timings and correct predictions; no host read."""
         n = len(y)
         for key, value in out.items():
-            if key.startswith(("loss", "time_")):
-                self.sums[key] = self.sums.get(key, 0.0) + float(value) * (n if key.startswith("loss") else 1)
+            if key.startswith("time_"):
+                self.times[key] = self.times.get(key, 0.0) + float(value)
+            elif key.startswith("loss"):
+                value = torch.as_tensor(value).detach().to(self.device, self.dtype) * n
+                self.totals[key] = self.totals[key] + value if key in self.totals else value
         logits = out["logits"]
         labels = y if logits.shape[0] == n else y.repeat(logits.shape[0] // n)
         # accuracy of the (first-view) predictions; two-view batches count each sample once
-        self.correct += int((logits.argmax(1) == labels).sum()) * n // len(labels)
+        hits = (logits.argmax(1) == labels).sum()
+        self.correct_total = self.correct_total + (hits if len(labels) == n else hits * n // len(labels))
         self.seen += n
+
+    @property
+    def sums(self) -> dict[str, float]:
+        values = torch.stack(list(self.totals.values())).tolist() if self.totals else []
+        return {**dict(zip(self.totals, values, strict=True)), **self.times}
+
+    @property
+    def correct(self) -> int:
+        return int(self.correct_total)
 
     @property
     def accuracy(self) -> float:
         return 100.0 * self.correct / max(self.seen, 1)
 
     def metrics(self, trainer: Trainer, elapsed: float) -> dict[str, float]:
+        sums = self.sums
         totals = torch.tensor([self.seen, self.correct, self.data_time, self.step_time], dtype=torch.float64)
         seen, correct, _, _ = all_reduce_sum(totals.to(trainer.device)).tolist()
-        metrics = {f"train/{k}": v / max(self.seen, 1) for k, v in self.sums.items() if k.startswith("loss")}
-        metrics.update({f"time/{k[5:]}": v for k, v in self.sums.items() if k.startswith("time_")})
+        metrics = {f"train/{k}": v / max(self.seen, 1) for k, v in sums.items() if k.startswith("loss")}
+        metrics.update({f"time/{k[5:]}": v for k, v in sums.items() if k.startswith("time_")})
         metrics.update(
             {
                 "train/acc": 100.0 * correct / max(seen, 1),
@@ -173,13 +219,45 @@ class _EpochProgress:
 
     def state(self) -> dict[str, Any]:
         return {
-            "sums": dict(self.sums),
+            "sums": self.sums,
             "correct": self.correct,
             "seen": self.seen,
             "data_time": self.data_time,
             "step_time": self.step_time,
             "batches_done": self.batches_done,
         }
+
+
+class _FiniteWatch:
+    """The first step of an epoch whose loss is NaN/Inf, recorded on the device without a host read.
+
+    ``record`` after every step; ``first_bad`` reads the record (one synchronisation) and is called
+    every ``TrainSettings.check_every`` steps and before anything is saved.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.batch_index = torch.full((), -1, dtype=torch.int64, device=device)
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def record(self, out: Mapping[str, Any], step: int, batch_index: int) -> None:
+        names = [k for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor)]
+        values = torch.stack([out[k].detach().float().reshape(()) for k in names])
+        newly_bad = ~torch.isfinite(out["loss"].detach()).all() & (self.batch_index < 0)
+        self.batch_index = torch.where(newly_bad, batch_index, self.batch_index)
+        self.step = torch.where(newly_bad, step, self.step)
+        if self.terms is None or names != self.names:
+            self.names, self.terms = names, torch.zeros_like(values)
+        self.terms = torch.where(newly_bad, values, self.terms)
+
+    def first_bad(self) -> tuple[int, int, dict[str, float]] | None:
+        """(step, batch index, loss terms) of the first non-finite step, or None."""
+        batch_index, step = torch.stack([self.batch_index, self.step]).tolist()
+        if batch_index < 0:
+            return None
+        return step, batch_index, dict(zip(self.names, self.terms.tolist(), strict=True))
 
 
 class _StopFlag:
@@ -242,6 +320,28 @@ class Trainer:
         self._sigterm_step = int(os.environ.get(SIGTERM_STEP_ENV, "-1"))
         self._resume_progress: dict[str, Any] | None = None
         self._stop = _StopFlag()
+        self._finite = _FiniteWatch(self.device)
+        self.graph = self._step_graph() if settings.cuda_graphs else None
+
+    def _step_graph(self) -> StepGraph:
+        """The CUDA-graph runner, after checking that this run can be captured (one line otherwise)."""
+        why = None
+        if not getattr(self.task, "graph_safe", False):
+            why = f"{type(self.task).__name__} is not graph-safe (knowledge distillation is; use trainer.compile)"
+        elif self.settings.amp == "fp16":
+            why = "fp16's loss scaler reads the device every step; use trainer.amp=bf16 or off"
+        elif self.dist.enabled:
+            why = "it runs one process only (DDP's gradient all-reduce is not captured here)"
+        elif type(self.optimizer) is not torch.optim.SGD:
+            why = f"it supports torch.optim.SGD only, not {type(self.optimizer).__name__}"
+        elif any(isinstance(group["lr"], torch.Tensor) for group in self.optimizer.param_groups):
+            why = "a tensor learning rate is read on the host by SGD; give the lr as a number"
+        elif self.device.type != "cuda":
+            why = f"it needs a CUDA device, and this run is on {self.device.type}"
+        if why:
+            raise ConfigError(f"trainer.cuda_graphs=true: {why}")
+        torch.cuda.set_device(self.device)  # side streams and the capture stream belong to the current device
+        return StepGraph(lambda: self.optimizer.zero_grad(set_to_none=True))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -275,6 +375,8 @@ class Trainer:
         self.best = dict(state["best"])
         self.history = list(state["history"])
         self._resume_progress = state.get("epoch_in_progress")
+        if self.graph is not None:
+            self.graph.reset()  # the optimizer's momentum buffers are new tensors now
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`state_dict` (end of epoch or mid-epoch)."""
@@ -308,6 +410,7 @@ class Trainer:
         self.task.on_epoch_start(epoch)
         set_epoch(self.train_loader, epoch)
         progress, skip, pending_rng = self._take_resume_progress(epoch)
+        self._finite = _FiniteWatch(self.device)
         bar = tqdm(
             total=len(self.train_loader),
             initial=skip,
@@ -332,26 +435,30 @@ class Trainer:
             progress.step_time += time.perf_counter() - tic
             progress.add(out, y)
             progress.batches_done = batch_index + 1
-            if self.dist.is_main and self.step % self.settings.log_every == 0:
-                self.sink.log(
-                    {"train/loss_step": float(out["loss"]), "train/lr": self._lr()}, step=self.step, epoch=epoch
-                )
-            if not bar.disable:  # reading the loss waits for the device
-                bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{progress.accuracy:.1f}")
+            if self.step % self.settings.check_every == 0:
+                self._check_finite(epoch)
+            if self.step % self.settings.log_every == 0:  # reading the loss and accuracy waits for the device
+                if self.dist.is_main:
+                    self.sink.log(
+                        {"train/loss_step": float(out["loss"]), "train/lr": self._lr()}, step=self.step, epoch=epoch
+                    )
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{progress.accuracy:.1f}")
             bar.update()
             if self._stop_requested():
                 bar.close()
                 self._interrupted(epoch, progress)
             tic = time.perf_counter()
         bar.close()
+        self._check_finite(epoch)
         self.task.on_epoch_end(epoch)
         return progress.metrics(self, time.perf_counter() - start)
 
     def _take_resume_progress(self, epoch: int) -> tuple[_EpochProgress, int, Any]:
         saved, self._resume_progress = self._resume_progress, None
         if saved is None or saved["epoch"] != epoch:
-            return _EpochProgress(), 0, None
-        progress = _EpochProgress(**saved["progress"])
+            return _EpochProgress(self.device), 0, None
+        progress = _EpochProgress(self.device, **saved["progress"])
         return progress, progress.batches_done, saved["rng"]
 
     def _stop_requested(self) -> bool:
@@ -362,16 +469,34 @@ class Trainer:
         return bool(all_reduce_sum(flag).item() > 0)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch_index: int) -> dict[str, Any]:
-        self.optimizer.zero_grad(set_to_none=True)
+        """One optimisation step (through the CUDA graph when there is one); returns detached outputs."""
+        if self.graph is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self._optimize(x, y, epoch)
+        elif self.step == self._nan_step:  # the test switch is Python-side: keep it out of the graph
+            out = self.graph.eager(x, y, lambda xs, ys: self._optimize(xs, ys, epoch))
+        else:
+            key = (epoch, optimizer_key(self.optimizer))
+            out = self.graph.step(key, x, y, lambda xs, ys: self._optimize(xs, ys, epoch))
+        self._finite.record(out, self.step, batch_index)
+        self.task.after_optimizer_step(self.step)
+        self.step += 1
+        if self.step == self._sigterm_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    def _optimize(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, Any]:
+        """Forward, backward and optimizer step, reading nothing back from the device (capturable)."""
         with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=self.graph is None,  # a graph must not capture autocast's cast-weight cache
         ):
             out = self.task(x, y, epoch=epoch)
         loss = out["loss"]
         if self.step == self._nan_step:
-            loss = loss * float("nan")
-        if not torch.isfinite(loss.detach()):
-            self._nonfinite(epoch, batch_index, out)
+            loss = out["loss"] = loss * float("nan")
         self.scaler.scale(loss).backward()
         if self.settings.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -379,11 +504,12 @@ class Trainer:
         self.task.before_optimizer_step(self.optimizer)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.task.after_optimizer_step(self.step)
-        self.step += 1
-        if self.step == self._sigterm_step:
-            os.kill(os.getpid(), signal.SIGTERM)
         return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+    def _check_finite(self, epoch: int) -> None:
+        bad = self._finite.first_bad()
+        if bad is not None:
+            self._nonfinite(epoch, *bad)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -428,12 +554,11 @@ class Trainer:
                 self.ckpt_dir / "final.pt",
             )
 
-    def _nonfinite(self, epoch: int, batch_index: int, out: Mapping[str, Any]) -> None:
-        terms = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss") and isinstance(v, torch.Tensor)}
+    def _nonfinite(self, epoch: int, step: int, batch_index: int, terms: dict[str, float]) -> None:
         sampler_indices = _batch_sample_indices(self.train_loader, epoch, batch_index)
         report = {
             "epoch": epoch,
-            "step": self.step,
+            "step": step,
             "batch_index": batch_index,
             "sample_indices": sampler_indices,
             "terms": terms,
@@ -443,7 +568,7 @@ class Trainer:
         last = self.ckpt_dir / "last.pt"
         kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint had been written yet"
         raise NonFiniteLossError(
-            f"loss became non-finite at epoch {epoch}, step {self.step} (batch {batch_index}); {kept}; "
+            f"loss became non-finite at epoch {epoch}, step {step} (batch {batch_index}); {kept}; "
             f"batch indices and terms in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
         )
 
@@ -453,6 +578,7 @@ class Trainer:
         Under DDP the class-prior accumulators are per rank, so no mid-epoch state is written there:
         the last end-of-epoch checkpoint stays and the interrupted epoch is redone on resume.
         """
+        self._check_finite(epoch)  # never save weights a non-finite step has touched
         signum = self._stop.signal or signal.SIGTERM
         last = self.ckpt_dir / "last.pt"
         if self.dist.enabled:

@@ -21,10 +21,19 @@ POSITIVE_INT_KEYS = {
     "log_every",  # trainer: step % log_every
     "save_every",  # trainer: epoch % save_every; AutoAttack: batches per state save
 }
-NON_NEGATIVE_INT_KEYS = {"workers", "steps", "eval_steps", "eval_samples", "samples", "n_ex", "seed"}
+NON_NEGATIVE_INT_KEYS = {
+    "finite_check_every",
+    "workers",
+    "steps",
+    "eval_steps",
+    "eval_samples",
+    "samples",
+    "n_ex",
+    "seed",
+}
 # String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
 # deep inside a constructor with a traceback, or not at all).
-CHOICES = {"budget": ("as_run", "as_described", "low")}
+CHOICES = {"budget": ("as_run", "as_described", "low"), "precision": ("fp32", "amp")}
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

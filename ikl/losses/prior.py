@@ -40,7 +40,9 @@ class ClassPrior(nn.Module):
         probs = F.softmax(logits.detach().to(torch.float64) / self.temperature, dim=1)
         labels = labels.to(self.sums.device)
         self.sums.index_add_(0, labels, probs.to(self.sums.device))
-        self.counts += torch.bincount(labels, minlength=self.num_classes).to(self.counts)
+        # index_add_, not bincount: bincount's output size depends on the labels' values, which makes
+        # the host wait for the device every step and cannot be captured in a CUDA graph
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
 
     @torch.no_grad()
     def step(self) -> None:

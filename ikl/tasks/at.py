@@ -4,7 +4,9 @@ Follows ``DKLv1/Adv-training-dkl/train_dkl_cifar100.py`` (PAPER.md §1.4, §2):
 
 1. class weights W = prior rows of the labels (uniform in epoch 1);
 2. adversary (model in eval mode): PGD from x + 0.001·N(0, 1) maximising the *attack* objective
-   (IKL: wMSE·``attack_wmse_weight`` + sCE·``attack_sce_weight``; TRADES: KL(s_nat ‖ s_adv));
+   (IKL: wMSE·``attack_wmse_weight`` + sCE·``attack_sce_weight``; TRADES: KL(s_nat ‖ s_adv)), in
+   float32 as the official code (``attack_precision="fp32"``) or under the trainer's autocast
+   (``"amp"``, a speed deviation; see :meth:`AdversarialTask.attack`);
 3. AWP from epoch ``awp.warmup_epoch``: one ascent step of a proxy copy on the training loss, the
    model's conv/fc weights moved by γ·‖θ‖·v/‖v‖ for this step only;
 4. train-mode forwards of x_adv then x_nat; L = CE(z_nat, y) + robust(z_adv, z_nat, y), gradient
@@ -26,11 +28,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ikl.attacks import eval_mode, ikl_objective, pgd_linf, robust_counts, trades_objective
+from ikl.attacks.pgd import adversary_autocast
 from ikl.engine.distributed import all_reduce_sum, unwrap
 from ikl.losses import IKLLoss
 from ikl.tasks.base import Task
 
 BUDGETS = ("as_run", "as_described", "low")
+ATTACK_PRECISIONS = ("fp32", "amp")
 
 
 def attack_schedule(
@@ -77,6 +81,17 @@ def copy_state_(average: nn.Module, model: nn.Module) -> None:
         average.state_dict()[key].copy_(value)
 
 
+def _is_channels_last(module: nn.Module) -> bool:
+    """Whether ``module``'s 4-D (conv) weights are stored channels_last. The first one whose two formats
+    differ decides (a 1×1 kernel is contiguous in both); no such weight means the default format."""
+    for param in module.parameters():
+        if param.dim() == 4:
+            plain, last = param.is_contiguous(), param.is_contiguous(memory_format=torch.channels_last)
+            if plain != last:
+                return last
+    return False
+
+
 @dataclass
 class AWPConfig:
     """Adversarial weight perturbation (Wu et al. 2020; ``utils_awp.py``): γ and the first epoch."""
@@ -101,12 +116,22 @@ class WeightPerturbation(nn.Module):
         self.proxy_optimizer = torch.optim.SGD(self.proxy.parameters(), lr=0.01)
         self.saved: list[tuple[nn.Parameter, Tensor, Tensor]] = []
 
+    def follow_memory_format(self, model: nn.Module) -> None:
+        """Store the proxy's conv weights channels_last exactly when ``model``'s are (``trainer.channels_last``
+        may convert the model after this copy was made). ``load_state_dict`` copies values into the proxy's
+        own tensors and keeps their format, so one conversion lasts; the parameters stay the same objects,
+        so the proxy optimizer still holds them."""
+        wanted = _is_channels_last(model)
+        if _is_channels_last(self.proxy) != wanted:
+            self.proxy.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
+
     def perturbed_names(self, model: nn.Module) -> list[str]:
         return [name for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight")]
 
     def perturb(self, model: nn.Module, loss_fn) -> None:
         """Ascend the proxy on ``loss_fn(proxy)``, then move ``model``'s weights by γ·v."""
         model = unwrap(model)
+        self.follow_memory_format(model)
         self.proxy.load_state_dict(model.state_dict())
         self.proxy.train()
         self.proxy_optimizer.zero_grad(set_to_none=True)
@@ -132,7 +157,12 @@ class WeightPerturbation(nn.Module):
 
 class AdversarialTask(Task):
     """IKL-AT (``criterion`` an ``IKLLoss``), TRADES (a ``KLLoss`` with weight β) or plain
-    training (``criterion=None``, no adversary), all with the same recipe switches."""
+    training (``criterion=None``, no adversary), all with the same recipe switches.
+
+    ``attack_precision`` is the training adversary's precision (config ``attack.precision``):
+    ``"fp32"`` (default, the official code) or ``"amp"`` (its forwards/backwards under the trainer's
+    autocast; see :meth:`attack`). Evaluation (:meth:`evaluate`, AutoAttack) is float32 either way.
+    """
 
     def __init__(
         self,
@@ -143,6 +173,7 @@ class AdversarialTask(Task):
         eps: float,
         eps_ramp: bool = True,
         budget: str = "as_run",
+        attack_precision: str = "fp32",
         attack_wmse_weight: float = 1.0,
         attack_sce_weight: float = 1.0,
         aug_weight: float = 1.0,
@@ -158,6 +189,9 @@ class AdversarialTask(Task):
         super().__init__()
         if budget not in BUDGETS:
             raise ValueError(f"attack budget {budget!r} is not one of {BUDGETS}")
+        if attack_precision not in ATTACK_PRECISIONS:
+            raise ValueError(f"attack precision {attack_precision!r} is not one of {', '.join(ATTACK_PRECISIONS)}")
+        self.attack_precision = attack_precision
         self.model = model
         self.criterion = criterion
         self.epochs, self.eps, self.eps_ramp, self.budget = epochs, eps, eps_ramp, budget
@@ -196,17 +230,29 @@ class AdversarialTask(Task):
         return terms
 
     def attack(self, x: Tensor, y: Tensor, epoch: int) -> Tensor:
+        """The training adversary's x_adv (official ``perturb_input``), in ``attack_precision``.
+
+        ``"fp32"``: natural and PGD forwards in float32 with autocast off, whatever the trainer's
+        ``amp`` (the official code). ``"amp"``: both under the caller's autocast (the trainer's
+        ``amp``; identical to fp32 with ``amp=off``), about half a step's compute at reduced precision.
+        The objective still sees float32 logits and x_adv stays float32 and within ε, but PGD follows
+        sign ∇_x, which bf16 may flip for near-zero components, so x_adv is close to, not equal to,
+        the float32 one (a deviation from the official code; evaluation is never affected).
+        """
         eps, steps, step_size = attack_schedule(epoch, self.epochs, self.eps, budget=self.budget, ramp=self.eps_ramp)
         model = unwrap(self.model)
-        with torch.no_grad(), eval_mode(model), torch.autocast(x.device.type, enabled=False):
-            natural = model(x.float()).float()  # the adversary works in float32 throughout
+        autocast = self.attack_precision == "amp"
+        with torch.no_grad(), eval_mode(model), adversary_autocast(x.device.type, autocast):
+            natural = model(x.float()).float()  # the objective works on float32 logits in either precision
         if isinstance(self.criterion, IKLLoss):
             objective = ikl_objective(
                 self.criterion, natural, y, wmse_weight=self.attack_wmse_weight, sce_weight=self.attack_sce_weight
             )
         else:
             objective = trades_objective(natural)
-        return pgd_linf(model, x, objective, eps=eps, step_size=step_size, steps=steps, random_start="normal")
+        return pgd_linf(
+            model, x, objective, eps=eps, step_size=step_size, steps=steps, random_start="normal", autocast=autocast
+        )
 
     def forward(self, x: Tensor, y: Tensor, *, epoch: int) -> dict[str, Any]:
         basic = len(y)

@@ -19,6 +19,10 @@ class Task(nn.Module):
     """
 
     model: nn.Module
+    # True if one training step (forward, backward, optimizer step, the hooks before it) can be
+    # captured as a CUDA graph (``trainer.cuda_graphs``): no host reads of device values, no Python
+    # branching on data, and nothing that changes within an epoch except tensors updated in place.
+    graph_safe: bool = False
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before epoch ``epoch`` (1-based) starts."""

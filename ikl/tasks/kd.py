@@ -31,7 +31,11 @@ class DistillationTask(Task):
     ``DKLLoss``, ``IKLLoss``) or None for plain supervised training (``loss=ce``, e.g. to train a
     teacher). A criterion with ``observe``/``end_epoch`` (IKL's class prior) is fed the teacher's
     logits every step and rebuilt at the end of each epoch, as the official trainer does.
+
+    Graph-safe: the warm-up factor changes only between epochs, the prior is updated in place.
     """
+
+    graph_safe = True
 
     def __init__(
         self,
