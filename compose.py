@@ -32,13 +32,17 @@ from omegaconf import DictConfig, OmegaConf
 from ikl.data import DataError, DeviceCIFARLoader, build_loaders
 from ikl.engine.checkpoint import load_checkpoint
 from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from ikl.engine.graphs import capture_blocker
 from ikl.engine.sink import MetricSink, write_json_atomic
 from ikl.engine.trainer import Trainer, TrainSettings
 from ikl.engine.validate import validate_config
 from ikl.errors import CheckpointError, ConfigError, UserError
+from ikl.tasks import DistillationTask
+from ikl.tasks.at import AdversarialTask
 
 log = logging.getLogger("ikl")
 CONFIGS = Path(__file__).resolve().parent / "configs"
+TASKS = {"kd": DistillationTask, "at": AdversarialTask}  # task_name -> the task each entry point trains
 
 
 def _user_error(exc: BaseException) -> BaseException | None:
@@ -271,6 +275,7 @@ def start_session(cfg: DictConfig) -> Session:
     )
     dist_info = init_distributed(device_kind)
     device = resolve_device(device_kind, dist_info.local_rank)
+    check_cuda_graphs(cfg, device, dist_info)
     run_dir, resume_from = resolve_run_dir(cfg)
     resume_state = load_checkpoint(resume_from, map_location=device) if resume_from else None
     if resume_state is not None:
@@ -300,6 +305,25 @@ def start_session(cfg: DictConfig) -> Session:
         sink.discard_earlier_attempt()  # metrics of a killed attempt that left no checkpoint
     log.info("run dir: %s (device %s, world size %d)", run_dir, device, dist_info.world_size)
     return Session(run_dir, device, dist_info, sink, resume_state, config)
+
+
+def check_cuda_graphs(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
+    """``trainer.cuda_graphs=true`` where it cannot work is one line before the run dir is written
+    (the Trainer checks the built objects again with the same rules)."""
+    if not cfg.get("trainer") or not cfg.trainer.get("cuda_graphs"):
+        return
+    task = TASKS.get(cfg.get("task_name"))
+    why = capture_blocker(
+        task=task.__name__ if task else str(cfg.get("task_name")),
+        graph_safe=bool(task and task.graph_safe),
+        amp=str(cfg.trainer.amp),
+        distributed=dist_info.enabled,
+        optimizer=str(cfg.optimizer.get("_target_", "?")).rsplit(".", 1)[-1],
+        tensor_lr=False,
+        device=device.type,
+    )
+    if why:
+        raise ConfigError(f"trainer.cuda_graphs=true: {why}")
 
 
 def _sweep_group() -> str | None:

@@ -42,6 +42,25 @@ def optimizer_key(optimizer: torch.optim.Optimizer) -> tuple:
     )
 
 
+def capture_blocker(
+    *, task: str, graph_safe: bool, amp: str, distributed: bool, optimizer: str, tensor_lr: bool, device: str
+) -> str | None:
+    """Why a run cannot use whole-step CUDA graphs (``trainer.cuda_graphs=true``), or None if it can."""
+    if not graph_safe:
+        return f"{task} is not graph-safe (knowledge distillation is; use trainer.compile)"
+    if amp == "fp16":
+        return "fp16's loss scaler reads the device every step; use trainer.amp=bf16 or off"
+    if distributed:
+        return "it runs one process only (DDP's gradient all-reduce is not captured here)"
+    if optimizer != "SGD":
+        return f"it supports torch.optim.SGD only, not {optimizer}"
+    if tensor_lr:
+        return "a tensor learning rate is read on the host by SGD; give the lr as a number"
+    if device != "cuda":
+        return f"it needs a CUDA device, and this run is on {device}"
+    return None
+
+
 def batch_key(x: Tensor, y: Tensor) -> tuple:
     return (tuple(x.shape), x.stride(), x.dtype, x.device, tuple(y.shape), y.dtype)
 

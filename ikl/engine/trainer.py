@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ikl.data import set_epoch as set_loader_epoch
 from ikl.engine.checkpoint import save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
-from ikl.engine.graphs import StepGraph, optimizer_key
+from ikl.engine.graphs import StepGraph, capture_blocker, optimizer_key
 from ikl.engine.sink import MetricSink, write_json_atomic
 from ikl.errors import ConfigError, UserError
 
@@ -325,19 +325,15 @@ class Trainer:
 
     def _step_graph(self) -> StepGraph:
         """The CUDA-graph runner, after checking that this run can be captured (one line otherwise)."""
-        why = None
-        if not getattr(self.task, "graph_safe", False):
-            why = f"{type(self.task).__name__} is not graph-safe (knowledge distillation is; use trainer.compile)"
-        elif self.settings.amp == "fp16":
-            why = "fp16's loss scaler reads the device every step; use trainer.amp=bf16 or off"
-        elif self.dist.enabled:
-            why = "it runs one process only (DDP's gradient all-reduce is not captured here)"
-        elif type(self.optimizer) is not torch.optim.SGD:
-            why = f"it supports torch.optim.SGD only, not {type(self.optimizer).__name__}"
-        elif any(isinstance(group["lr"], torch.Tensor) for group in self.optimizer.param_groups):
-            why = "a tensor learning rate is read on the host by SGD; give the lr as a number"
-        elif self.device.type != "cuda":
-            why = f"it needs a CUDA device, and this run is on {self.device.type}"
+        why = capture_blocker(
+            task=type(self.task).__name__,
+            graph_safe=getattr(self.task, "graph_safe", False),
+            amp=self.settings.amp,
+            distributed=self.dist.enabled,
+            optimizer=type(self.optimizer).__name__,
+            tensor_lr=any(isinstance(group["lr"], torch.Tensor) for group in self.optimizer.param_groups),
+            device=self.device.type,
+        )
         if why:
             raise ConfigError(f"trainer.cuda_graphs=true: {why}")
         torch.cuda.set_device(self.device)  # side streams and the capture stream belong to the current device
