@@ -336,13 +336,19 @@ def _sweep_group() -> str | None:
     return None
 
 
-def build_data(cfg: DictConfig, session: Session):
-    """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device."""
+def load_datasets(cfg: DictConfig):
+    """The configured datasets, checked against ``dataset.num_classes``."""
     datasets = instantiate(cfg.dataset.builder)
     if datasets.num_classes != cfg.dataset.num_classes:
         raise ConfigError(
             f"dataset.num_classes={cfg.dataset.num_classes} but the data has {datasets.num_classes} classes; fix the dataset config"
         )
+    return datasets
+
+
+def build_data(cfg: DictConfig, session: Session):
+    """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device."""
+    datasets = load_datasets(cfg)
     dist_info = session.dist
     train_loader, test_loader = build_loaders(
         datasets,

@@ -336,7 +336,8 @@ class Trainer:
         )
         if why:
             raise ConfigError(f"trainer.cuda_graphs=true: {why}")
-        torch.cuda.set_device(self.device)  # side streams and the capture stream belong to the current device
+        if self.device.index is not None:  # side streams and the capture stream belong to the current device
+            torch.cuda.set_device(self.device)  # (a bare "cuda" device already is the current one)
         return StepGraph(lambda: self.optimizer.zero_grad(set_to_none=True))
 
     # ----------------------------------------------------------------- state
