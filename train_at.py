@@ -1,105 +1,11 @@
-"""Adversarial training (IKL-AT, TRADES, or plain CE): compose the config, build, hand to ikl.engine.
+"""Adversarial training (IKL-AT, TRADES, or plain CE): a shim over ``ikl.cli.train_at``.
 
 python train_at.py                                   # digits, IKL-AT, CPU, a few minutes
 python train_at.py loss=trades dataset=cifar10 model=wrn_34_10
 python train_at.py experiment=at_cifar100/ikl_at seed=0
 """
 
-from __future__ import annotations
-
-import logging
-from pathlib import Path
-from typing import Any
-
-import hydra
-import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
-
-import compose
-from ikl.eval import check_eps
-from ikl.models import create_model
-from ikl.tasks.at import AdversarialTask, AWPConfig
-
-log = logging.getLogger("ikl.train_at")
-CONFIGS = Path(__file__).resolve().parent / "configs"
-MONITOR = {"best": "test/acc", "best_pgd": "test/pgd_acc"}
-
-
-def build_task(cfg: DictConfig, model, num_classes: int) -> AdversarialTask:
-    criterion = instantiate(cfg.loss.criterion) if cfg.loss.criterion is not None else None
-    return AdversarialTask(
-        model,
-        criterion,
-        epochs=cfg.trainer.epochs,
-        eps=check_eps(cfg.attack.eps),
-        eps_ramp=cfg.attack.eps_ramp,
-        budget=cfg.attack.budget,
-        attack_precision=cfg.attack.precision,
-        attack_wmse_weight=cfg.attack.wmse_weight,
-        attack_sce_weight=cfg.attack.sce_weight,
-        aug_weight=cfg.aug_weight,
-        awp=AWPConfig(gamma=cfg.awp.gamma, warmup_epoch=cfg.awp.warmup_epoch) if cfg.awp.enabled else None,
-        ema_epoch_decay=cfg.ema.epoch_decay,
-        ema_iter_decay=cfg.ema.iter_decay,
-        ema_iter_start=cfg.ema.iter_start,
-        eval_eps=check_eps(cfg.monitor.eps),
-        eval_steps=cfg.monitor.steps,
-        eval_step_size=check_eps(cfg.monitor.step_size, allow_inexact=True),
-        eval_samples=cfg.monitor.samples,
-    )
-
-
-def ce_baseline_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """The same model, data and budget trained with plain CE (no adversary), into ``run_dir``."""
-    baseline = cfg.copy()
-    with open_dict(baseline):
-        baseline.loss = OmegaConf.load(CONFIGS / "loss" / "ce.yaml")
-        baseline.compare_to_ce = False
-        baseline.run_dir = str(run_dir)
-        baseline.resume = True
-        baseline.logger.mode = "disabled"
-        baseline.run_name = f"{cfg.run_name}-ce-baseline"
-        baseline.cell = None  # not a run of the parent's paper cell
-    return baseline
-
-
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model adversarially and return the run summary (with the CE baseline if asked)."""
-    compose.validate(cfg)
-    check_eps(cfg.attack.eps)
-    session = compose.start_session(cfg)
-    failed = True
-    try:
-        data = compose.build_data(cfg, session)
-        datasets = data[0]
-        if datasets.normalized:
-            log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
-        model = create_model(cfg.model.name, datasets.num_classes)
-        if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it
-            model = model.to(memory_format=torch.channels_last)
-        task = build_task(cfg, model, datasets.num_classes).to(session.device)
-        summary = compose.fit(cfg, session, task, data, model_name=cfg.model.name, monitor=MONITOR)
-        summary.update(
-            model=cfg.model.name, loss=cfg.loss.name, dataset=cfg.dataset.name, seed=cfg.seed, eps=str(cfg.attack.eps)
-        )
-        session.sink.summarize(summary)
-        failed = False
-    finally:
-        session.close(failed)
-    if cfg.compare_to_ce and cfg.loss.criterion is not None:
-        baseline = run(ce_baseline_config(cfg, Path(summary["run_dir"]) / "ce_baseline"))
-        summary.update(ce_baseline_acc=baseline["acc_last"], ce_baseline_pgd_acc=baseline["test_pgd_acc_last"])
-        compose.write_summary(summary, session)
-    compose.report(summary, session)
-    return summary
-
-
-@hydra.main(config_path="configs", config_name="train_at", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    compose.cli(run)(cfg)
-
+from ikl.cli.train_at import main, run  # noqa: F401 - run: the plain entry tests call
 
 if __name__ == "__main__":
-    compose.check_command_line()
     main()

@@ -108,7 +108,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import train_kd
+from ikl.cli import train_kd
 from ikl.data import build_loaders
 from ikl.engine.trainer import evaluate_classifier
 from ikl.errors import UserError

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import train_at
+from ikl.cli import train_at
 from ikl.attacks import ce_objective, pgd_linf, robust_counts
 from ikl.errors import ConfigError
 from ikl.losses import IKLLoss

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import compose
-import train_kd
+from ikl.cli import compose, overrides
+from ikl.cli import train_kd
 from ikl.errors import ConfigError
 from tests.reliability.helpers import cli
 from tests.runutils import TINY_DIGITS, compose_config, run_entry, save_teacher
@@ -89,7 +89,7 @@ KNOWN_OR_NOT_GROUPS = [
 @pytest.mark.parametrize("override", list(UNKNOWN))
 def test_an_unknown_group_option_is_one_line_naming_it(override):
     with pytest.raises(ConfigError) as info:
-        compose.check_overrides([override])
+        overrides.check_overrides([override])
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{override}: ") and UNKNOWN[override] in message
@@ -98,29 +98,29 @@ def test_an_unknown_group_option_is_one_line_naming_it(override):
 
 def test_the_message_lists_the_choices():
     with pytest.raises(ConfigError) as info:
-        compose.check_overrides(["dataset=bogus"])
+        overrides.check_overrides(["dataset=bogus"])
     assert str(info.value).endswith("; choose one of: cifar10, cifar100, digits, imagenet")
     with pytest.raises(ConfigError, match=r"choose one of: at_ablation/<name>, at_cifar10/<name>"):
-        compose.check_overrides(["experiment=does/not/exist"])
+        overrides.check_overrides(["experiment=does/not/exist"])
     with pytest.raises(ConfigError, match=r"the groups are: dataset, .*student"):
-        compose.check_overrides(["model/student=xyz"])
+        overrides.check_overrides(["model/student=xyz"])
 
 
 @pytest.mark.parametrize("override", KNOWN_OR_NOT_GROUPS)
 def test_known_options_and_other_overrides_are_left_to_hydra(override):
-    compose.check_overrides([override])
+    overrides.check_overrides([override])
 
 
 def test_hydra_flags_are_not_overrides_and_other_config_dirs_are_not_checked():
-    assert compose.command_line_overrides(["-m", "--cfg", "job", "loss=ikl,kd", "seed=1"]) == ["loss=ikl,kd", "seed=1"]
-    assert compose.command_line_overrides(["--config-dir", "/elsewhere", "dataset=bogus"]) == []
-    assert compose.command_line_overrides(["--version"]) == []
-    compose.check_overrides(["hydra.searchpath=[file:///elsewhere]", "dataset=bogus"])
+    assert overrides.command_line_overrides(["-m", "--cfg", "job", "loss=ikl,kd", "seed=1"]) == ["loss=ikl,kd", "seed=1"]
+    assert overrides.command_line_overrides(["--config-dir", "/elsewhere", "dataset=bogus"]) == []
+    assert overrides.command_line_overrides(["--version"]) == []
+    overrides.check_overrides(["hydra.searchpath=[file:///elsewhere]", "dataset=bogus"])
 
 
 def test_check_command_line_exits_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as info:
-        compose.check_command_line(["--multirun", "loss=ikl,nope", "trainer.epochs=1"])
+        overrides.check_command_line("train_kd", ["--multirun", "loss=ikl,nope", "trainer.epochs=1"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: loss=ikl,nope: Could not find 'loss/nope'")

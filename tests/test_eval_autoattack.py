@@ -13,7 +13,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import eval_autoattack
+from ikl.cli import eval_autoattack
 import ikl.eval.autoattack as aa_module
 from ikl.engine.checkpoint import save_checkpoint
 from ikl.errors import CheckpointError, ConfigError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import train_at
+from ikl.cli import train_at
 from ikl.engine.checkpoint import load_checkpoint
 from ikl.losses import IKLLoss, KLLoss, kl_div
 from ikl.tasks.at import AdversarialTask, AWPConfig, WeightPerturbation, attack_schedule, ema_update_

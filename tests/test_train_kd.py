@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_kd
+from ikl.cli import train_kd
 from ikl.engine.checkpoint import load_checkpoint, load_model_weights
 from ikl.errors import CheckpointError
 from ikl.losses import IKLLoss

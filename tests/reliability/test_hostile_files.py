@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_kd
+from ikl.cli import train_kd
 from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
 from tests.reliability.helpers import Proc, cli, isolated, job, kd_overrides, one_line
 from tests.reliability.report import REPORT

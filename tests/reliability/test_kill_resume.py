@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import compose
+from ikl.cli import compose
 from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
 from ikl.errors import CheckpointError
 from tests.reliability.helpers import (

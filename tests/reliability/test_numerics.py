@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import compose
+from ikl.cli import compose
 from ikl.engine.checkpoint import load_checkpoint
 from ikl.engine.distributed import DistInfo
 from ikl.engine.trainer import set_epoch

@@ -1,15 +1,13 @@
-"""Composition shared by the Hydra entry points (train_kd.py, train_at.py, eval_autoattack.py).
+"""The run session shared by the training entry points (``ikl.cli.train_kd``, ``ikl.cli.train_at``).
 
 Nothing here computes: it turns a composed config into objects (``hydra.utils.instantiate``),
 starts the run (seed, device, process group, run dir, metric sink) and hands over to
-``ikl.engine``. ``ikl`` itself never imports Hydra (conventions).
+``ikl.engine``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import os
 import random
@@ -21,11 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, ValueType
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,7 +36,6 @@ from ikl.tasks import DistillationTask
 from ikl.tasks.at import AdversarialTask
 
 log = logging.getLogger("ikl")
-CONFIGS = Path(__file__).resolve().parent / "configs"
 TASKS = {"kd": DistillationTask, "at": AdversarialTask}  # task_name -> the task each entry point trains
 
 
@@ -70,99 +64,6 @@ def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
             sys.exit(getattr(found, "exit_code", 2))
 
     return wrapper
-
-
-def check_command_line(argv: list[str] | None = None, config_dir: Path = CONFIGS) -> None:
-    """Before Hydra composes: an unknown config-group option is one line on stderr and exit code 2.
-
-    Called from each entry point's ``__main__`` block (Hydra itself prints several lines and exits 1,
-    and silently ignores an unknown ``experiment=``, an optional group).
-    """
-    try:
-        check_overrides(command_line_overrides(sys.argv[1:] if argv is None else argv), config_dir)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
-
-
-def command_line_overrides(argv: list[str]) -> list[str]:
-    """The overrides in ``argv`` as Hydra's own parser reads them; none when a flag changes the config search."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            args = get_args_parser().parse_args(argv)
-    except SystemExit:  # --version, or a usage error: Hydra answers those itself
-        return []
-    if args.config_path or args.config_dir or args.help or args.hydra_help or args.shell_completion:
-        return []
-    return list(args.overrides)
-
-
-def check_overrides(overrides: list[str], config_dir: Path = CONFIGS) -> None:
-    """Raise a one-line ``ConfigError`` for a config-group choice that has no config under ``config_dir``.
-
-    Groups are the folders of ``config_dir`` (as for Hydra). Checks ``group=``, ``+group=``, ``++group=``,
-    ``group@package=``, nested groups, experiment names with slashes, ``name.yaml``, sweeps
-    (``loss=ikl,kd``, ``choice(...)``) and lists. Leaves to Hydra: deletions (``~group``), value overrides
-    (``trainer.epochs=3``), ``hydra/...`` groups, glob/range sweeps and anything its grammar rejects.
-    """
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
-        return
-    if any(o.key_or_group.startswith("hydra.searchpath") for o in parsed):
-        return  # configs may come from other folders too
-    for override in parsed:
-        _check_group_override(override, config_dir)
-
-
-def _check_group_override(override: Override, config_dir: Path) -> None:
-    group = override.key_or_group
-    top = group.split("/")[0]
-    if override.is_delete() or top == "hydra" or "." in group or not (config_dir / top).is_dir():
-        return
-    if not (config_dir / group).is_dir():
-        groups = sorted(p.name for p in config_dir.iterdir() if p.is_dir() and p.name != "hydra")
-        raise ConfigError(
-            f"{override.input_line}: there is no config group '{group}' (no folder {config_dir.name}/{group}); "
-            f"the groups are: {', '.join(groups)}"
-        )
-    for name in _chosen_configs(override):
-        file = name if name.endswith(".yaml") else f"{name}.yaml"
-        if not (config_dir / f"{group}/{file}").is_file():  # joined as Hydra does: never an absolute path
-            raise ConfigError(
-                f"{override.input_line}: Could not find '{group}/{name}' (no {config_dir.name}/{group}/{file}); "
-                f"{_alternatives(config_dir, group, name)}"
-            )
-
-
-def _chosen_configs(override: Override) -> list[str]:
-    """The config names a group override selects: one, each of a list, or each of a choice sweep."""
-    value = override.value()
-    if override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
-        values = value.list
-    elif override.value_type == ValueType.ELEMENT:
-        values = value if isinstance(value, list) else [value]
-    else:  # glob, range and interval sweeps: Hydra expands them
-        return []
-    names = [getattr(v, "text", v) for v in values]  # a quoted item of a sweep stays a QuotedString
-    return [n for n in names if isinstance(n, str) and "${" not in n]
-
-
-def _alternatives(config_dir: Path, group: str, name: str) -> str:
-    """What to choose instead: the configs in the deepest existing folder on ``name``'s path."""
-    folder = where = config_dir / group
-    for part in Path(name).parts:
-        if part in ("/", "..") or not (where / part).is_dir():
-            break
-        where = where / part
-    entries = sorted(where.iterdir())
-    options = [p.relative_to(folder).with_suffix("").as_posix() for p in entries if p.suffix == ".yaml"]
-    options += [f"{p.relative_to(folder).as_posix()}/<name>" for p in entries if p.is_dir()]
-    shown = where.relative_to(config_dir.parent).as_posix()
-    if not options:
-        return f"{shown} holds no configs"
-    more = f" and {len(options) - 20} more in {shown}" if len(options) > 20 else ""
-    return f"choose one of: {', '.join(options[:20])}{more}"
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
