@@ -9,13 +9,13 @@ in a real interpreter.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from ikl.cli import compose, overrides
-from ikl.cli import train_kd
+from ikl.cli import overrides, rundir, train_kd
+from ikl.cli.rundir import RunIdentity
 from ikl.errors import ConfigError
 from tests.reliability.helpers import cli
 from tests.runutils import TINY_DIGITS, compose_config, run_entry, save_teacher
@@ -112,7 +112,10 @@ def test_known_options_and_other_overrides_are_left_to_hydra(override):
 
 
 def test_hydra_flags_are_not_overrides_and_other_config_dirs_are_not_checked():
-    assert overrides.command_line_overrides(["-m", "--cfg", "job", "loss=ikl,kd", "seed=1"]) == ["loss=ikl,kd", "seed=1"]
+    assert overrides.command_line_overrides(["-m", "--cfg", "job", "loss=ikl,kd", "seed=1"]) == [
+        "loss=ikl,kd",
+        "seed=1",
+    ]
     assert overrides.command_line_overrides(["--config-dir", "/elsewhere", "dataset=bogus"]) == []
     assert overrides.command_line_overrides(["--version"]) == []
     overrides.check_overrides(["hydra.searchpath=[file:///elsewhere]", "dataset=bogus"])
@@ -145,9 +148,12 @@ def test_a_real_interpreter_prints_one_line_and_exits_2(tmp_path):
 
 
 # -------------------------------------------------------------------------- resume=<file>
-def resume_cfg(tmp_path: Path, resume: Path):
-    return OmegaConf.create(
-        {"run_dir": str(tmp_path / "new"), "resume": str(resume), "out_dir": str(tmp_path), "run_name": "r"}
+IDENTITY = RunIdentity("kd", {"loss.name": "ikl"})
+
+
+def plan(tmp_path: Path, resume: Path):
+    return rundir.plan_run(
+        identity=IDENTITY, resume=str(resume), run_dir=None, default_dir=tmp_path / "new", out_dir=tmp_path
     )
 
 
@@ -157,19 +163,17 @@ def test_resume_from_a_file_outside_a_run_dir_is_refused(tmp_path, where):
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"not read")
     with pytest.raises(ConfigError, match="is not inside a run directory") as info:
-        compose.resolve_run_dir(resume_cfg(tmp_path, stray))
+        plan(tmp_path, stray)
     assert str(stray) in str(info.value) and "resume=true" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_resume_from_a_file_inside_a_run_dir_still_works(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("{}\n")
+    (run / "run.json").write_text(json.dumps({"format": "ikl-run", "identity": IDENTITY.to_dict()}))
     (run / "checkpoints" / "epoch_1.pt").write_bytes(b"x")
-    assert compose.resolve_run_dir(resume_cfg(tmp_path, run / "checkpoints" / "epoch_1.pt")) == (
-        run,
-        run / "checkpoints" / "epoch_1.pt",
-    )
+    planned = plan(tmp_path, run / "checkpoints" / "epoch_1.pt")
+    assert (planned.run_dir, planned.resume_from) == (run, run / "checkpoints" / "epoch_1.pt")
 
 
 def test_resume_from_a_stray_file_on_the_command_line(tmp_path, teacher_file):

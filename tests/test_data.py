@@ -209,7 +209,7 @@ def test_missing_cifar_download_fails(tmp_path, no_download, name: str, folder: 
         cifar_datasets(name=name, root=str(tmp_path))
     msg = str(err.value)
     assert "\n" not in msg
-    assert str(tmp_path / folder) in msg and "download failed" in msg and "dataset.root" in msg
+    assert str(tmp_path / folder) in msg and "download failed" in msg and "dataset.builder.root=" in msg
     assert "name resolution" in msg and len(no_download) == 1
 
 

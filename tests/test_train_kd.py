@@ -125,6 +125,11 @@ def test_resume_gives_identical_weights_and_prior(tmp_path, teacher_file):
 def test_starting_over_an_existing_run_is_refused(tmp_path, teacher_file):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"precious")
+    with pytest.raises(train_kd.ConfigError, match="not an ikl run directory"):  # no run.json: not ours
+        train_kd.run(compose_config("train_kd", kd_overrides(tmp_path, teacher_file)))
+    (tmp_path / "run" / "run.json").write_text(
+        json.dumps({"format": "ikl-run", "identity": {"task": "kd", "settings": {}}})
+    )
     with pytest.raises(train_kd.ConfigError, match="resume=true"):
         train_kd.run(compose_config("train_kd", kd_overrides(tmp_path, teacher_file)))
     assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == b"precious"

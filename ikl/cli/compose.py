@@ -1,19 +1,27 @@
 """The run session shared by the training entry points (``ikl.cli.train_kd``, ``ikl.cli.train_at``).
 
 Nothing here computes: it turns a composed config into objects (``hydra.utils.instantiate``),
-starts the run (seed, device, process group, run dir, metric sink) and hands over to
-``ikl.engine``.
+starts the run and hands over to ``ikl.engine``. A run starts in three steps, and nothing is
+written into a run directory before the third:
+
+1. :func:`validate`: every value's type and range, the optimizer and schedule (built once on a
+   dummy parameter), the device, the run name.
+2. :func:`prepare`: device and process group, the run's identity, where it goes and what it
+   continues (:mod:`ikl.cli.rundir`), the resume checkpoint loaded and checked against the identity.
+   The entry point then builds data, models and the teacher, and checks them.
+3. :func:`open_session`: take the run dir's lock, write ``run.json`` and ``config.yaml``, open the
+   log file and the metric sink.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +32,20 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ikl.cli import rundir, sweep
+from ikl.cli.rundir import ClaimedRun, RunIdentity, RunPlan
 from ikl.data import DataError, DeviceCIFARLoader, build_loaders
-from ikl.engine.checkpoint import load_checkpoint
-from ikl.engine.distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from ikl.engine.checkpoint import load_checkpoint, load_model_weights
+from ikl.engine.distributed import (
+    DistInfo,
+    broadcast_object,
+    init_distributed,
+    resolve_device,
+    shutdown_distributed,
+)
 from ikl.engine.graphs import capture_blocker
 from ikl.engine.sink import MetricSink, write_json_atomic
-from ikl.engine.trainer import Trainer, TrainSettings
+from ikl.engine.trainer import Interrupted, Trainer, TrainSettings
 from ikl.engine.validate import validate_config
 from ikl.errors import CheckpointError, ConfigError, UserError
 from ikl.tasks import DistillationTask
@@ -37,8 +53,10 @@ from ikl.tasks.at import AdversarialTask
 
 log = logging.getLogger("ikl")
 TASKS = {"kd": DistillationTask, "at": AdversarialTask}  # task_name -> the task each entry point trains
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
+# ---------------------------------------------------------------------------------------- errors
 def _user_error(exc: BaseException) -> BaseException | None:
     """The user-facing error inside ``exc`` (Hydra wraps constructor errors), if there is one."""
     seen = exc
@@ -49,40 +67,112 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
-    """Wrap ``run`` for a Hydra ``main``: a user mistake is one line on stderr and exit code 2."""
+def one_line(exc: BaseException) -> str:
+    """The message of a user error as one line; an error re-raised from a DataLoader worker carries
+    the worker's traceback in its text, whose last line is the original message."""
+    text = str(exc).strip()
+    if "\n" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict | None]:
+    """Wrap ``run`` for a Hydra ``main``: a user mistake is one line on stderr and exit code 2.
+
+    In a multirun a failed job is recorded (:mod:`ikl.cli.sweep`) and the sweep goes on with the
+    next job; a signal (SIGTERM/SIGINT) still stops the whole sweep.
+    """
 
     @functools.wraps(run)
-    def wrapper(cfg: DictConfig) -> dict:
+    def wrapper(cfg: DictConfig) -> dict | None:
         try:
-            return run(cfg)
+            summary = run(cfg)
         except (UserError, DataError, InstantiationException) as exc:
             found = _user_error(exc)
             if found is None:
                 raise
-            sys.stderr.write(f"error: {found}\n")
-            sys.exit(getattr(found, "exit_code", 2))
+            sys.stderr.write(f"error: {one_line(found)}\n")
+            if not sweep.in_multirun() or isinstance(found, Interrupted):
+                sys.exit(getattr(found, "exit_code", 2))
+            sweep.record_job("failed", error=one_line(found))
+            return None
+        except Exception as exc:
+            if not sweep.in_multirun():
+                raise
+            traceback.print_exc()  # a defect, not a user mistake: the whole traceback, then the next job
+            sweep.record_job("failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return None
+        sweep.record_job("completed", summary=summary)
+        return summary
 
     return wrapper
 
 
+# ------------------------------------------------------------------------------------ validation
 def plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers (no ``${...}`` left)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve and check every value before anything is built or written (one line per mistake)."""
+    try:
+        config = plain(cfg)
+    except Exception as exc:  # noqa: BLE001 - an unresolvable ${...} or a missing ??? value
+        raise ConfigError(f"config does not resolve: {str(exc).splitlines()[0]}") from exc
+    validate_config(config)
+    rundir.check_run_name(str(config["run_name"]))
+    if cfg.get("optimizer") is not None:
+        check_optimization(cfg)
+    device_kind(cfg)  # an unavailable device is named now
+    return config
+
+
+def check_optimization(cfg: DictConfig) -> None:
+    """Build the optimizer and schedule once on a dummy parameter: what they reject is one line now."""
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    try:
+        optimizer = instantiate(cfg.optimizer)(params=dummy)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"optimizer: {str(exc).splitlines()[0]}; fix the optimizer.* values") from exc
+    try:
+        instantiate(cfg.scheduler)(optimizer)
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise ConfigError(f"scheduler: {str(exc).splitlines()[0]}; fix the scheduler.* values") from exc
+
+
+def device_kind(cfg: DictConfig) -> str:
+    kind = str(cfg.trainer.device)
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if kind.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={kind} but no CUDA device is visible; use trainer.device=cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
+    return kind
+
+
+def set_threads(cfg: DictConfig, device: torch.device) -> None:
+    """``trainer.threads``: intra-op threads of a CPU run (null/auto: leave torch's default)."""
+    threads = cfg.trainer.get("threads")
+    if device.type == "cpu" and isinstance(threads, int) and threads > 0:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------- preparation
 @dataclass
-class Session:
-    run_dir: Path
+class Start:
+    """A run, prepared: where it goes and what it continues; nothing written yet."""
+
+    cfg: DictConfig
+    config: dict[str, Any]
     device: torch.device
     dist: DistInfo
-    sink: MetricSink
+    plan: RunPlan
     resume_state: dict[str, Any] | None
-    config: dict[str, Any]
-
-    def close(self, failed: bool) -> None:
-        self.sink.close(failed=failed)
-        shutdown_distributed()
+    run_name: str
 
 
 def seed_everything(seed: int) -> None:
@@ -91,121 +181,134 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def hydra_run_dir() -> Path | None:
+def _hydra_run_dir_override() -> str | None:
+    """``hydra.run.dir`` / the sweep's job dir, when they name where this run goes."""
     try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not running under Hydra (tests use the compose API)
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not under Hydra (tests use the compose API)
         return None
+    if sweep.in_multirun():
+        return hydra_cfg.runtime.output_dir
+    overridden = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    return hydra_cfg.runtime.output_dir if overridden else None
 
 
-def latest_run_with_checkpoint(base: Path) -> Path | None:
-    runs = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.pt"))
-    return runs[-1] if runs else None
+def _sweep_job_dir_is_default() -> bool:
+    """A multirun job dir named by job number (``hydra.sweep.subdir`` not overridden; the sweep dir
+    may be): a new sweep's dirs are new, so resume=true finds each job's run by its identity.
+    A subdir the user names (``hydra.sweep.subdir=${run_name}``, as scripts/ do) is the run itself."""
+    hydra_cfg = HydraConfig.get()
+    return not any(o.split("=", 1)[0].lstrip("+") == "hydra.sweep.subdir" for o in hydra_cfg.overrides.hydra)
 
 
-def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
-    """(run dir, checkpoint to resume from). ``resume``: false, true (latest run of this name), a run dir
-    or a checkpoint file inside one (``<run>/checkpoints/<name>.pt`` beside ``<run>/config.yaml``)."""
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else hydra_run_dir() or Path(cfg.out_dir) / cfg.run_name / "run"
-    resume = cfg.get("resume", False)
-    if resume in (False, None, "false"):
-        existing = run_dir / "checkpoints" / "last.pt"
-        if existing.is_file():
-            raise ConfigError(
-                f"{run_dir} already holds a checkpoint; continue it with resume=true or pick another run_dir"
-            )
-        return run_dir, None
-    if resume is True or resume == "true":
-        if (run_dir / "checkpoints" / "last.pt").is_file():
-            return run_dir, run_dir / "checkpoints" / "last.pt"
-        # an explicit run_dir is the run to continue: never fall back to (and write into) another one
-        previous = None if cfg.get("run_dir") else latest_run_with_checkpoint(Path(cfg.out_dir) / cfg.run_name)
-        if previous is None:
-            log.info("resume=true but no earlier run of %s has a checkpoint: starting fresh", cfg.run_name)
-            return run_dir, None
-        return previous, previous / "checkpoints" / "last.pt"
-    target = Path(str(resume))
-    if target.is_file():  # <run>/checkpoints/<name>.pt: a stray file must not make its grandparent a run dir
-        run = target.absolute().parent.parent
-        if target.absolute().parent.name != "checkpoints" or not (run / "config.yaml").is_file():
-            raise ConfigError(
-                f"resume={resume}: the file is not inside a run directory (<run>/checkpoints/last.pt beside "
-                "<run>/config.yaml); pass the run directory (resume=<run dir>) or resume=true"
-            )
-        return run, target
-    checkpoint = target / "checkpoints" / "last.pt"
-    if not checkpoint.is_file():
+def plan_for(cfg: DictConfig, identity: RunIdentity, run_name: str) -> RunPlan:
+    out_dir = Path(cfg.out_dir)
+    explicit = cfg.get("run_dir") or _hydra_run_dir_override()
+    default = rundir.default_run_dir(out_dir, run_name)
+    if sweep.in_multirun() and not cfg.get("run_dir") and _sweep_job_dir_is_default():
+        default, explicit = Path(explicit), None  # the job dir Hydra made; resume=true searches by identity
+    siblings = (Path(HydraConfig.get().sweep.dir).parent,) if sweep.in_multirun() else ()  # earlier sweeps
+    plan = rundir.plan_run(
+        identity=identity,
+        resume=cfg.get("resume", False),
+        run_dir=explicit,
+        default_dir=default,
+        out_dir=out_dir,
+        also_search=siblings,
+    )
+    if plan.note and not cfg.get("quiet", False):
+        log.info(plan.note)
+    return plan
+
+
+def prepare(cfg: DictConfig, config: dict[str, Any], *, task: str, extra: Mapping[str, Any] | None = None) -> Start:
+    """Device, process group, identity and plan, the resume checkpoint loaded and checked; no writes."""
+    kind = device_kind(cfg)
+    dist_info = init_distributed(kind)
+    device = resolve_device(kind, dist_info.local_rank)
+    set_threads(cfg, device)
+    check_cuda_graphs(cfg, device, dist_info)
+    placement = {"placement.device": device.type, "placement.world_size": dist_info.world_size}
+    identity = RunIdentity.of(task, config, {**placement, **init_from_identity(cfg), **(extra or {})})
+    run_name = sweep.job_run_name(str(cfg.run_name))
+    plan = _on_main(dist_info, lambda: plan_for(cfg, identity, run_name))
+    resume_state = None
+    if plan.resume_from is not None:
+        resume_state = load_checkpoint(plan.resume_from, map_location=device)
+        check_resume_state(resume_state, plan.resume_from, identity, cfg)
+    seed_everything(int(cfg.seed) + dist_info.rank)
+    return Start(cfg, config, device, dist_info, plan, resume_state, run_name)
+
+
+def _on_main(dist_info: DistInfo, make: Callable[[], Any]) -> Any:
+    """``make()`` on rank 0, its result (or its one-line error) on every rank."""
+    if not dist_info.enabled:
+        return make()
+    result: Any = None
+    if dist_info.is_main:
+        try:
+            result = ("ok", make())
+        except UserError as exc:
+            result = ("error", str(exc))
+    kind, value = broadcast_object(result)
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
+def init_from_identity(cfg: DictConfig) -> dict[str, Any]:
+    path = cfg.get("init_from")
+    if not path:
+        return {}
+    if not Path(path).is_file():
         raise ConfigError(
-            f"resume={resume}: no checkpoint at {checkpoint}; pass a run dir that has checkpoints/last.pt"
+            f"init_from={path} does not exist; give a checkpoint file (e.g. <run dir>/checkpoints/last.pt)"
         )
-    return checkpoint.parent.parent, checkpoint
+    return {"init_from.sha256": rundir.file_sha256(path)}
 
 
-def check_resume_state(state: dict[str, Any], path: Path, cfg: DictConfig) -> None:
-    """Refuse, in one line, a resume checkpoint that is not a training state or is for another model."""
+def initialise_from(model: torch.nn.Module, cfg: DictConfig) -> None:
+    """``init_from``: a new run whose model starts from another run's (or any) weights."""
+    if cfg.get("init_from"):
+        load_model_weights(model, cfg.init_from, what="model (init_from)")
+        log.info("model weights initialised from %s", cfg.init_from)
+
+
+def check_resume_state(state: dict[str, Any], path: Path, identity: RunIdentity, cfg: DictConfig) -> None:
+    """Refuse, in one line, a resume checkpoint that is not a training state or not of this run."""
     if state.get("kind") != "train-state":
         raise CheckpointError(
             f"{path} is not a training checkpoint (no optimizer/task state); resume needs the "
             "checkpoints/last.pt that train_kd.py/train_at.py write"
         )
+    saved = state.get("identity")
+    if not isinstance(saved, Mapping) or "settings" not in saved:
+        raise CheckpointError(
+            f"{path} carries no run identity (written by an older ikl); it cannot be resumed safely: "
+            f"start a new run from its weights with init_from={path}"
+        )
+    diffs = RunIdentity.from_dict(saved).differences(identity)
+    if RunIdentity.from_dict(saved).task != identity.task:
+        raise CheckpointError(f"{path} is a {saved['task']} checkpoint; resume it with the entry point that wrote it")
+    if diffs:
+        raise CheckpointError(
+            f"resume refused: {path} was trained with other settings: {rundir.describe_differences(diffs)}; "
+            f"resume with its settings, or start a new run from its weights with init_from={path}"
+        )
     section = cfg.get("student") or cfg.get("model")
     wanted = (section.get("name") if section is not None else None, cfg.dataset.num_classes)
-    saved = (state.get("model_name"), state.get("num_classes"))
-    if any(s is not None and w is not None and s != w for s, w in zip(saved, wanted, strict=True)):
+    written = (state.get("model_name"), state.get("num_classes"))
+    if any(s is not None and w is not None and s != w for s, w in zip(written, wanted, strict=True)):
         raise CheckpointError(
-            f"{path} was written for {saved[0]} with {saved[1]} classes but this run builds {wanted[0]} with "
-            f"{wanted[1]} classes; resume with the same model and dataset, or pick another run_dir"
+            f"{path} holds {written[0]} weights for {written[1]} classes but its run builds {wanted[0]} for "
+            f"{wanted[1]} classes: the file is not this run's checkpoint; restore the run's own last.pt"
         )
-
-
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Resolve and check every value before anything is built or trained (one line per mistake)."""
-    try:
-        config = plain(cfg)
-    except Exception as exc:  # noqa: BLE001 - an unresolvable ${...} or a missing ??? value
-        raise ConfigError(f"config does not resolve: {str(exc).splitlines()[0]}") from exc
-    validate_config(config)
-    return config
-
-
-def start_session(cfg: DictConfig) -> Session:
-    """Validate, seed, pick the device, join the process group, open the run dir and the sink."""
-    config = validate(cfg)
-    device_kind = (
-        cfg.trainer.device if cfg.trainer.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    dist_info = init_distributed(device_kind)
-    device = resolve_device(device_kind, dist_info.local_rank)
-    check_cuda_graphs(cfg, device, dist_info)
-    run_dir, resume_from = resolve_run_dir(cfg)
-    resume_state = load_checkpoint(resume_from, map_location=device) if resume_from else None
-    if resume_state is not None:
-        check_resume_state(resume_state, resume_from, cfg)
-    seed_everything(int(cfg.seed) + dist_info.rank)
-    if dist_info.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the run dir {run_dir}: {exc.strerror or exc}; choose a writable run_dir or out_dir"
-            ) from exc
-    sink = MetricSink(
-        run_dir,
-        enabled=dist_info.is_main,
-        mode=cfg.logger.mode,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        name=cfg.run_name,
-        group=cfg.logger.group or _sweep_group(),
-        tags=list(cfg.logger.tags or []),
-        config=config,
-        run_id=(resume_state or {}).get("wandb_run_id"),
-    )
-    if resume_state is None:
-        sink.discard_earlier_attempt()  # metrics of a killed attempt that left no checkpoint
-    log.info("run dir: %s (device %s, world size %d)", run_dir, device, dist_info.world_size)
-    return Session(run_dir, device, dist_info, sink, resume_state, config)
+    done = int(state.get("epoch", 0))
+    if int(cfg.trainer.epochs) < done:
+        raise ConfigError(
+            f"trainer.epochs={cfg.trainer.epochs} but {path} has done {done} epochs; "
+            "a run can be extended, not shortened (evaluate a checkpoint instead)"
+        )
 
 
 def check_cuda_graphs(cfg: DictConfig, device: torch.device, dist_info: DistInfo) -> None:
@@ -227,16 +330,120 @@ def check_cuda_graphs(cfg: DictConfig, device: torch.device, dist_info: DistInfo
         raise ConfigError(f"trainer.cuda_graphs=true: {why}")
 
 
-def _sweep_group() -> str | None:
+# ---------------------------------------------------------------------------------------- session
+@dataclass
+class Session:
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    sink: MetricSink
+    resume_state: dict[str, Any] | None
+    config: dict[str, Any]
+    identity: RunIdentity
+    claimed: ClaimedRun | None = None
+    log_handler: logging.Handler | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self, failed: bool) -> None:
+        try:
+            self.sink.close(failed=failed)
+        finally:
+            if self.log_handler is not None:
+                logging.getLogger().removeHandler(self.log_handler)
+                self.log_handler.close()
+            if self.claimed is not None:
+                self.claimed.release()
+            shutdown_distributed()
+
+
+def _changed_settings(run_dir: Path, config: Mapping[str, Any]) -> dict[str, list]:
+    """The allowed settings this attempt changes against the run's config.yaml (for run.json)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    old = rundir._flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    new = rundir._flatten(config)
+    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def open_session(start: Start, *, entry: str) -> Session:
+    """Become the run dir's one writer; write run.json, config.yaml, the log file; open the sink."""
+    cfg, dist_info, plan = start.cfg, start.dist, start.plan
+    config = {**start.config, "run_name": start.run_name}
+    claimed = _claim_on_main(dist_info, plan, config)
+    run_dir = Path(_on_main(dist_info, lambda: str(claimed.run_dir)))
+    handler = None
     try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:
-        return None
-    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
-        return Path(hydra_cfg.sweep.dir).name
-    return None
+        if dist_info.is_main:
+            _write_config(run_dir, config)
+            handler = _open_log(run_dir, entry, claimed)
+        sink = MetricSink(
+            run_dir,
+            enabled=dist_info.is_main,
+            mode=cfg.logger.mode,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            name=start.run_name,
+            group=cfg.logger.group or sweep.sweep_group(),
+            tags=list(cfg.logger.tags or []),
+            config=config,
+            run_id=(start.resume_state or {}).get("wandb_run_id"),
+        )
+    except BaseException:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if claimed is not None:
+            claimed.release()
+        raise
+    if start.resume_state is None:
+        sink.discard_earlier_attempt()  # metrics of an attempt of this run that left no checkpoint
+    log.info("run dir: %s (device %s, world size %d)", run_dir, start.device, dist_info.world_size)
+    return Session(run_dir, start.device, dist_info, sink, start.resume_state, config, plan.identity, claimed, handler)
 
 
+def _claim_on_main(dist_info: DistInfo, plan: RunPlan, config: Mapping[str, Any]) -> ClaimedRun | None:
+    """Rank 0 claims the run dir; a refusal reaches every rank (none waits for a broadcast forever)."""
+    claimed, error = None, None
+    if dist_info.is_main:
+        try:
+            changed = _changed_settings(plan.run_dir, config) if plan.resume_from else {}
+            claimed = rundir.claim(plan, attempt={"changed": changed})
+        except UserError as exc:
+            error = exc
+    if dist_info.enabled:
+        message = broadcast_object(None if error is None else str(error))
+        if message is not None and error is None:
+            error = ConfigError(message)
+    if error is not None:
+        raise error
+    return claimed
+
+
+def _write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    try:
+        OmegaConf.save(OmegaConf.create(dict(config)), run_dir / "config.yaml")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {run_dir / 'config.yaml'}: {exc.strerror or exc}; choose a writable run_dir"
+        ) from exc
+
+
+def _open_log(run_dir: Path, entry: str, claimed: ClaimedRun | None) -> logging.Handler:
+    """One log file per run (``<entry>.log``), appended to by every attempt."""
+    handler = logging.FileHandler(run_dir / f"{entry}.log", mode="a")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    attempts = len(claimed.marker.get("attempts", [])) if claimed else 1
+    log.info("---- attempt %d: %s", attempts, " ".join(sys.argv))
+    return handler
+
+
+# ----------------------------------------------------------------------------------- building
 def load_datasets(cfg: DictConfig):
     """The configured datasets, checked against ``dataset.num_classes``."""
     datasets = instantiate(cfg.dataset.builder)
@@ -247,10 +454,10 @@ def load_datasets(cfg: DictConfig):
     return datasets
 
 
-def build_data(cfg: DictConfig, session: Session):
+def build_data(cfg: DictConfig, start: Start | Session):
     """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device."""
     datasets = load_datasets(cfg)
-    dist_info = session.dist
+    dist_info = start.dist
     train_loader, test_loader = build_loaders(
         datasets,
         batch_size=cfg.batch_size,
@@ -259,11 +466,11 @@ def build_data(cfg: DictConfig, session: Session):
         seed=cfg.seed,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
-        pin_memory=session.device.type == "cuda",
+        pin_memory=start.device.type == "cuda",
     )
     loader = cfg.trainer.loader
     if loader == "auto":  # the device-resident loader where it pays: CUDA, in-memory uint8 data, one view
-        loader = "device" if session.device.type == "cuda" and hasattr(datasets.train, "data") else "standard"
+        loader = "device" if start.device.type == "cuda" and hasattr(datasets.train, "data") else "standard"
     if loader == "device":
         if datasets.two_view or not hasattr(datasets.train, "data"):
             log.info("trainer.loader=device does not support this data/augmentation: using the standard loader")
@@ -272,7 +479,7 @@ def build_data(cfg: DictConfig, session: Session):
                 datasets,
                 train=True,
                 batch_size=cfg.batch_size,
-                device=session.device,
+                device=start.device,
                 seed=cfg.seed,
                 rank=dist_info.rank,
                 world_size=dist_info.world_size,
@@ -304,18 +511,19 @@ def train_settings(cfg: DictConfig, device: torch.device, monitor: dict[str, str
         save_every=t.save_every,
         monitor=monitor,
         stop_after=t.get("stop_after"),
-        progress=t.progress and sys.stderr.isatty() or bool(os.environ.get("IKL_PROGRESS")),
+        progress=bool(t.progress),
     )
 
 
-def weights_meta(model_name: str, num_classes: int, datasets) -> dict[str, Any]:
-    """What a weights file must say to be loaded again: architecture, classes, input normalisation."""
+def weights_meta(model_name: str, num_classes: int, datasets, identity: RunIdentity) -> dict[str, Any]:
+    """What every checkpoint says: architecture, classes, input normalisation and the run's identity."""
     norm = {"mean": list(datasets.mean), "std": list(datasets.std)} if datasets.normalized else None
     return {
         "format": "ikl-checkpoint",
         "model_name": model_name,
         "num_classes": num_classes,
         "input_normalization": norm,
+        "identity": identity.to_dict(),
     }
 
 
@@ -346,12 +554,13 @@ def prepare_teacher(teacher: torch.nn.Module, cfg: DictConfig) -> torch.nn.Modul
     return teacher
 
 
-def report(summary: dict[str, Any], session: Session) -> None:
+def report(summary: dict[str, Any], dist: DistInfo, *, title: str = "run summary") -> None:
     """The final summary on stdout (rank 0): the entry point's one human-readable result."""
-    if not session.dist.is_main:
+    if not dist.is_main:
         return
-    width = max(len(k) for k in summary)
-    lines = ["", "=" * 60, "run summary"] + [f"  {k:<{width}} : {_fmt(v)}" for k, v in summary.items()] + ["=" * 60]
+    shown = {k: v for k, v in summary.items() if v is not None}
+    width = max(len(k) for k in shown)
+    lines = ["", "=" * 60, title] + [f"  {k:<{width}} : {_fmt(v)}" for k, v in shown.items()] + ["=" * 60]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
@@ -376,8 +585,13 @@ def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monit
         run_dir=session.run_dir,
         sink=session.sink,
         dist_info=session.dist,
-        weights_meta=weights_meta(model_name, datasets.num_classes, datasets),
+        weights_meta=weights_meta(model_name, datasets.num_classes, datasets, session.identity),
     )
     if session.resume_state is not None:
         trainer.restore(session.resume_state)
-    return {**trainer.fit(), "wandb_dir": session.sink.wandb_dir}
+    summary = {**trainer.fit(), "wandb_dir": session.sink.wandb_dir}
+    if trainer.epoch < trainer.settings.epochs:
+        summary["continue_with"] = (
+            f"resume=true (or resume={session.run_dir}) to train epochs {trainer.epoch + 1}-{trainer.settings.epochs}"
+        )
+    return summary

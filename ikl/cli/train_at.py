@@ -8,6 +8,7 @@ python train_at.py experiment=at_cifar100/ikl_at seed=0
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +61,33 @@ def ce_baseline_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
         baseline.run_dir = str(run_dir)
         baseline.resume = True
         baseline.logger.mode = "disabled"
+        baseline.quiet = True  # its own summary is printed beside the main run's
         baseline.run_name = f"{cfg.run_name}-ce-baseline"
         baseline.cell = None  # not a run of the parent's paper cell
     return baseline
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model adversarially and return the run summary (with the CE baseline if asked)."""
-    compose.validate(cfg)
+    """Train one model adversarially and return the run summary (with the CE baseline if asked).
+
+    Every check (config, eps, data, the resume identity) runs before the run dir is written.
+    """
+    config = compose.validate(cfg)
     check_eps(cfg.attack.eps)
-    session = compose.start_session(cfg)
+    start = compose.prepare(cfg, config, task="at")
+    data = compose.build_data(cfg, start)
+    datasets = data[0]
+    if datasets.normalized:
+        log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
+    model = create_model(cfg.model.name, datasets.num_classes)
+    if start.resume_state is None:
+        compose.initialise_from(model, cfg)
+    if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it
+        model = model.to(memory_format=torch.channels_last)
+    task = build_task(cfg, model, datasets.num_classes).to(start.device)
+    session = compose.open_session(start, entry="train_at")
     failed = True
     try:
-        data = compose.build_data(cfg, session)
-        datasets = data[0]
-        if datasets.normalized:
-            log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
-        model = create_model(cfg.model.name, datasets.num_classes)
-        if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it
-            model = model.to(memory_format=torch.channels_last)
-        task = build_task(cfg, model, datasets.num_classes).to(session.device)
         summary = compose.fit(cfg, session, task, data, model_name=cfg.model.name, monitor=MONITOR)
         summary.update(
             model=cfg.model.name, loss=cfg.loss.name, dataset=cfg.dataset.name, seed=cfg.seed, eps=str(cfg.attack.eps)
@@ -88,12 +96,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         failed = False
     finally:
         session.close(failed)
-    if cfg.compare_to_ce and cfg.loss.criterion is not None:
+    if cfg.compare_to_ce and cfg.loss.criterion is not None and "continue_with" not in summary:
         baseline = run(ce_baseline_config(cfg, Path(summary["run_dir"]) / "ce_baseline"))
         summary.update(ce_baseline_acc=baseline["acc_last"], ce_baseline_pgd_acc=baseline["test_pgd_acc_last"])
         compose.write_summary(summary, session)
-    compose.report(summary, session)
+        if not cfg.get("quiet"):
+            report_comparison(summary, baseline, cfg, session.dist)
+    if not cfg.get("quiet"):
+        compose.report(summary, session.dist)
     return summary
+
+
+COMPARED = (
+    ("clean accuracy, last epoch (%)", "acc_last"),
+    ("clean accuracy, best epoch (%)", "acc_best"),
+    ("PGD accuracy, last epoch (%)", "test_pgd_acc_last"),
+    ("PGD accuracy, best epoch (%)", "best_pgd_value"),
+)
+
+
+def report_comparison(summary: dict[str, Any], baseline: dict[str, Any], cfg: DictConfig, dist) -> None:
+    """The run and its CE baseline side by side (one table on stdout)."""
+    if not dist.is_main:
+        return
+    names = (f"{cfg.loss.name} (adversarial)", "ce (no adversary)")
+    rows = [(label, summary.get(key), baseline.get(key)) for label, key in COMPARED]
+    width = max(len(label) for label, *_ in rows)
+    cells = [max(len(n), 8) for n in names]
+    lines = ["", f"{'':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cells, strict=True))]
+    for label, ours, theirs in rows:
+        values = [f"{v:.2f}" if isinstance(v, float) else "-" for v in (ours, theirs)]
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, cells, strict=True)))
+    lines.append(f"(monitor: PGD-{cfg.monitor.steps} at eps {cfg.monitor.eps} on {cfg.monitor.samples} test images)")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 @hydra.main(config_path=str(CONFIGS), config_name="train_at", version_base="1.3")

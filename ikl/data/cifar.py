@@ -7,32 +7,82 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torchvision.datasets.utils as tv_utils
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
 from torchvision.transforms import Compose
 
 from .common import CropFlip, DataError, Datasets, as_float_tuple, take_subset
+from .safe_pickle import load_pickle
 from .transforms import cifar_train_transform, to_tensor
 
 log = logging.getLogger(__name__)
 
 
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR10 with per-file checks reduced to presence.
+class _SafeCIFAR:
+    """torchvision's CIFAR dataset, its pickles read by :func:`load_pickle` (never ``pickle.load``).
 
-    torchvision verifies every file's md5 on each construction, which rejects any CIFAR-format
-    file other than the official one (test fixtures, re-packed copies). The downloaded archive
-    is still md5-checked (``tgz_md5`` is kept); a damaged pickle surfaces as a :class:`DataError`.
+    torchvision's own constructor unpickles every file with the full pickle machinery (a crafted
+    file runs code) and md5-checks each, which rejects any CIFAR-format file other than the
+    official one (test fixtures, re-packed copies); the downloaded archive is still md5-checked
+    (``tgz_md5`` is kept). Every file is checked for its format and its labels for their range:
+    a bad file is one :class:`DataError` line naming it.
     """
 
+    num_classes: int
+    label_key: str
+
+    def __init__(self, root: str, train: bool = True, transform: Callable | None = None, **_: Any) -> None:
+        VisionDataset.__init__(self, root, transform=transform)
+        self.train = train
+        data, targets = [], []
+        for name, _md5 in self.train_list if train else self.test_list:
+            path = os.path.join(self.root, self.base_folder, name)
+            rows, labels = self._read_batch(path)
+            data.append(rows)
+            targets.extend(labels)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = targets
+        self._load_meta()
+
+    def _read_batch(self, path: str) -> tuple[np.ndarray, list[int]]:
+        entry = load_pickle(path)
+        if not isinstance(entry, dict) or "data" not in entry or self.label_key not in entry:
+            raise DataError(
+                f"{path} is not a CIFAR batch (a dict with 'data' and '{self.label_key}'); download it again"
+            )
+        rows, labels = entry["data"], entry[self.label_key]
+        if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
+            raise DataError(f"{path}: 'data' is not uint8 rows of 3072 pixels; download the data set again")
+        if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(rows):
+            raise DataError(f"{path}: {len(rows)} images but a label list of another length; download it again")
+        labels = [int(v) for v in labels]
+        bad = [v for v in labels if not 0 <= v < self.num_classes]
+        if bad:
+            raise DataError(
+                f"{path}: label {bad[0]} is outside [0, {self.num_classes}) ({len(bad)} such labels); "
+                "the file is damaged or of another data set"
+            )
+        return rows, labels
+
+    def _load_meta(self) -> None:
+        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+        meta = load_pickle(path)
+        if not isinstance(meta, dict) or not isinstance(meta.get(self.meta["key"]), list):
+            raise DataError(f"{path} is not CIFAR meta data (no '{self.meta['key']}' list); download it again")
+        self.classes = [str(c) for c in meta[self.meta["key"]]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class _CIFAR10(_SafeCIFAR, CIFAR10):
+    num_classes, label_key = 10, "labels"
     train_list = [[name, None] for name, _ in CIFAR10.train_list]
     test_list = [[name, None] for name, _ in CIFAR10.test_list]
     meta = {**CIFAR10.meta, "md5": None}
 
 
-class _CIFAR100(CIFAR100):
-    """torchvision's CIFAR100 with per-file checks reduced to presence (see :class:`_CIFAR10`)."""
-
+class _CIFAR100(_SafeCIFAR, CIFAR100):
+    num_classes, label_key = 100, "fine_labels"
     train_list = [[name, None] for name, _ in CIFAR100.train_list]
     test_list = [[name, None] for name, _ in CIFAR100.test_list]
     meta = {**CIFAR100.meta, "md5": None}
@@ -62,7 +112,7 @@ def _ensure_cifar(cls: type[CIFAR10], label: str, root: str, download: bool) -> 
     if cifar_files_present(cls, root):
         return
     folder = os.path.join(root, cls.base_folder)
-    fix = f"download it on a machine with network access or set dataset.root=<dir holding {cls.base_folder}>"
+    fix = f"download it on a machine with network access or set dataset.builder.root=<dir holding {cls.base_folder}>"
     if not download:
         raise DataError(f"{label} not found under {folder} and download=False; {fix}")
     log.info("%s not found under %s; downloading %s", label, folder, cls.url)
@@ -77,6 +127,8 @@ def _ensure_cifar(cls: type[CIFAR10], label: str, root: str, download: bool) -> 
 def _open(cls: type[CIFAR10], label: str, root: str, train: bool, transform: Callable) -> Any:
     try:
         return cls(root, train=train, transform=transform, download=False)
+    except DataError:
+        raise
     except Exception as err:
         folder = os.path.join(root, cls.base_folder)
         raise DataError(

@@ -57,7 +57,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise CheckpointError(
-                f"could not write checkpoint {path}: {exc.strerror or exc}; the previous file is intact"
+                f"could not write checkpoint {path}: {exc.strerror or exc}; the file there before was not replaced"
             ) from exc
         raise
     _fsync_dir(path.parent)
@@ -66,8 +66,16 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _first_line(exc: Exception, limit: int = 160) -> str:
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def _describe_bad_file(path: Path, exc: Exception) -> str:
-    head = path.read_bytes()[:64].lstrip().lower()
+    if path.stat().st_size == 0:
+        return f"{path} is empty (0 bytes; an interrupted copy or download?); re-download or re-create it"
+    with open(path, "rb") as handle:
+        head = handle.read(64).lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         return f"{path} is an HTML/XML page, not a checkpoint (a failed download?); download it again"
     if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc).lower():
@@ -76,14 +84,18 @@ def _describe_bad_file(path: Path, exc: Exception) -> str:
             "so unpickling it could run code; re-save it as a plain state_dict from a trusted source"
         )
     if isinstance(exc, (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError)):
-        first = str(exc).splitlines()[0].split(". ")[0][:120]
+        first = _first_line(exc, 120).split(". ")[0]
         return f"{path} is damaged or truncated ({type(exc).__name__}: {first}); re-download or re-create it"
-    return f"could not load {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return f"could not load {path}: {type(exc).__name__}: {_first_line(exc)}"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``); any problem is one ``CheckpointError`` line."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint file; give the .pt file (e.g. {path / 'checkpoints' / 'last.pt'})"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:

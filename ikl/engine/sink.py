@@ -30,35 +30,49 @@ def _wandb_logged_in() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def resolve_wandb_mode(mode: str) -> str:
-    if os.environ.get("WANDB_MODE") in {"offline", "disabled", "dryrun"} and mode in {"auto", "online"}:
-        return "offline" if os.environ["WANDB_MODE"] != "disabled" else "disabled"
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def resolve_wandb_mode(mode: str | None) -> str:
+    """The W&B mode to run in. ``mode`` is ``logger.mode``: the config default is ``$WANDB_MODE``
+    (else ``offline``), so the environment decides unless the command line names a mode."""
+    mode = {"dryrun": "offline", "run": "online", None: "offline", "": "offline"}.get(mode, mode)
     if mode == "auto":
         return "online" if _wandb_logged_in() else "offline"
-    if mode not in {"online", "offline", "disabled"}:
+    if mode not in MODES:
         from ikl.errors import ConfigError
 
-        raise ConfigError(f"logger.mode={mode!r} is not one of auto, online, offline, disabled")
+        raise ConfigError(f"logger.mode={mode!r} is not one of {', '.join(MODES)} (or set WANDB_MODE)")
     return mode
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
+    """A JSON-ready value: tensors as numbers, non-finite floats as the strings "nan", "inf", "-inf"."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Strict JSON (no bare NaN/Infinity: they are written as strings), via a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_plain(payload), handle, indent=2, sort_keys=True, default=str, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class MetricSink:
@@ -114,7 +128,7 @@ class MetricSink:
             config=dict(config or {}),
             id=run_id,
             resume="allow",
-            dir=str(self.run_dir),
+            dir=os.environ.get("WANDB_DIR") or str(self.run_dir),  # as W&B users expect
             mode=self.mode,
             reinit="finish_previous",
         )
@@ -137,6 +151,25 @@ class MetricSink:
         ]
         with open(self.jsonl_path, "w") as handle:
             handle.writelines(json.dumps(r) + "\n" for r in self.records)
+        self._bring_wandb_level()
+
+    def _bring_wandb_level(self) -> None:
+        """On resume: log to W&B every kept record it may lack (``metrics.jsonl`` is the source of truth).
+
+        A hard kill can lose what W&B had not written yet. Offline, each attempt is a new file, so
+        this attempt's holds every step; online, the server takes the steps from its resumed step on.
+        """
+        if self.wandb_run is None:
+            return
+        start = int(getattr(self.wandb_run, "starting_step", 0) or 0)
+        replayed = [r for r in self.records if r.get("step", 0) >= start]
+        for record in replayed:
+            self._log_wandb(record)
+        if replayed:
+            log.info("W&B: replayed %d records of metrics.jsonl from step %d", len(replayed), start)
+
+    def _log_wandb(self, record: Mapping[str, Any]) -> None:
+        self.wandb_run.log({k: v for k, v in record.items() if not isinstance(v, str)}, step=int(record.get("step", 0)))
 
     def discard_earlier_attempt(self) -> None:
         """A fresh start: drop records that an earlier attempt in this run dir logged before it was
@@ -163,7 +196,7 @@ class MetricSink:
                 f"could not append to {self.jsonl_path}: {exc.strerror or exc}; the checkpoints written so far are intact"
             ) from exc
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in record.items() if not isinstance(v, str)}, step=step)
+            self._log_wandb(record)
 
     def write_csv(self) -> None:
         keys: list[str] = []

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ikl.data import set_epoch as set_loader_epoch
-from ikl.engine.checkpoint import save_checkpoint
+from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
 from ikl.engine.graphs import StepGraph, capture_blocker, optimizer_key
 from ikl.engine.sink import MetricSink, write_json_atomic
@@ -412,7 +412,7 @@ class Trainer:
             total=len(self.train_loader),
             initial=skip,
             desc=f"epoch {epoch}/{self.settings.epochs}",
-            disable=not (self.settings.progress and self.dist.is_main),
+            disable=None if self.settings.progress and self.dist.is_main else True,  # None: tqdm shows it on a TTY
             leave=False,
             dynamic_ncols=True,
         )
@@ -528,9 +528,10 @@ class Trainer:
             if key in metrics and (name not in self.best or metrics[key] > self.best[name]["value"]):
                 self.best[name] = {"value": float(metrics[key]), "epoch": epoch, "metric": key}
                 if self.dist.is_main:
-                    save_checkpoint(
+                    self._write(
                         {**self._weights_fields(self.task.model), "epoch": epoch, key: metrics[key]},
                         self.ckpt_dir / f"{name}.pt",
+                        epoch,
                     )
         if self.dist.is_main:
             self.sink.log(metrics, step=self.step, epoch=epoch)
@@ -541,15 +542,35 @@ class Trainer:
         if not self.dist.is_main:
             return
         for name, module in self.task.weight_files().items():
-            save_checkpoint({**self._weights_fields(module), "epoch": epoch}, self.ckpt_dir / f"{name}.pt")
+            self._write({**self._weights_fields(module), "epoch": epoch}, self.ckpt_dir / f"{name}.pt", epoch)
         if epoch % self.settings.save_every == 0 or epoch == self.settings.epochs:
-            save_checkpoint(self.state_dict(), self.ckpt_dir / "last.pt")
+            self._write(self.state_dict(), self.ckpt_dir / "last.pt", epoch)
         if epoch == self.settings.epochs:
             accuracy = self.history[-1].get("test/acc") if self.history else None
-            save_checkpoint(
+            self._write(
                 {**self._weights_fields(self.task.model), "epoch": epoch, "accuracy": accuracy},
                 self.ckpt_dir / "final.pt",
+                epoch,
             )
+
+    def _write(self, state: Mapping[str, Any], path: Path, epoch: int) -> None:
+        """Save ``state`` only when every floating-point tensor in it is finite (weights, optimizer
+        state, EMA, class prior): a model that diverged while its loss still looked finite stops the
+        run here, and the checkpoints on disk stay the last good ones."""
+        bad = nonfinite_tensors(state)
+        if bad:
+            self._nonfinite_state(epoch, path, bad)
+        save_checkpoint(state, path)
+
+    def _nonfinite_state(self, epoch: int, path: Path, bad: list[str]) -> None:
+        report = {"epoch": epoch, "step": self.step, "checkpoint": path.name, "nonfinite_tensors": bad[:50]}
+        if self.dist.is_main:
+            write_json_atomic(self.run_dir / "nonfinite_batch.json", report)
+        raise NonFiniteLossError(
+            f"model state became non-finite by epoch {epoch}, step {self.step} ({len(bad)} tensors, first {bad[0]}) "
+            f"while the loss stayed finite; {path.name} was not written; {last_good(self.ckpt_dir / 'last.pt')}; "
+            f"details in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
+        )
 
     def _nonfinite(self, epoch: int, step: int, batch_index: int, terms: dict[str, float]) -> None:
         sampler_indices = _batch_sample_indices(self.train_loader, epoch, batch_index)
@@ -562,8 +583,7 @@ class Trainer:
         }
         if self.dist.is_main:
             write_json_atomic(self.run_dir / "nonfinite_batch.json", report)
-        last = self.ckpt_dir / "last.pt"
-        kept = f"the last good checkpoint {last} is intact" if last.is_file() else "no checkpoint had been written yet"
+        kept = last_good(self.ckpt_dir / "last.pt")
         raise NonFiniteLossError(
             f"loss became non-finite at epoch {epoch}, step {step} (batch {batch_index}); {kept}; "
             f"batch indices and terms in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
@@ -579,14 +599,14 @@ class Trainer:
         signum = self._stop.signal or signal.SIGTERM
         last = self.ckpt_dir / "last.pt"
         if self.dist.enabled:
-            kept = f"{last} (epoch {self.epoch}) is intact" if last.is_file() else "no checkpoint was written yet"
+            kept = last_good(last)
             raise Interrupted(
                 f"{signal.Signals(signum).name} received during epoch {epoch}: {kept}; continue with resume=true",
                 signum,
             )
         state = self.state_dict()
         state["epoch_in_progress"] = {"epoch": epoch, "progress": progress.state(), "rng": state["rng"]}
-        save_checkpoint(state, last)
+        self._write(state, last, epoch)
         raise Interrupted(
             f"{signal.Signals(signum).name} received: saved epoch {epoch} at batch {progress.batches_done}/"
             f"{len(self.train_loader)} to {last}; continue with resume=true",
@@ -632,3 +652,34 @@ def _batch_sample_indices(loader: DataLoader, epoch: int, batch_index: int) -> l
         return [int(i) for i in batches[batch_index]]
     except (TypeError, AttributeError, IndexError):
         return None
+
+
+def nonfinite_tensors(state: Any, where: str = "") -> list[str]:
+    """The names of the floating-point tensors in a (nested) checkpoint state that hold NaN or Inf."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return [] if bool(torch.isfinite(state).all()) else [where or "<tensor>"]
+        return []
+    if isinstance(state, Mapping):
+        return [
+            name
+            for key, value in state.items()
+            for name in nonfinite_tensors(value, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(state, (list, tuple)):
+        return [name for i, value in enumerate(state) for name in nonfinite_tensors(value, f"{where}[{i}]")]
+    return []
+
+
+def last_good(path: Path) -> str:
+    """What to say about the checkpoint a failed run leaves: checked (it loads, every tensor finite), not assumed."""
+    if not path.is_file():
+        return "no checkpoint had been written yet"
+    try:
+        state = load_checkpoint(path)
+    except UserError as exc:
+        return f"the last checkpoint {path} could not be verified ({exc})"
+    bad = nonfinite_tensors(state)
+    if bad:
+        return f"the last checkpoint {path} holds non-finite values ({bad[0]}): do not resume from it"
+    return f"the last good checkpoint {path} (epoch {state.get('epoch')}) is intact (checked: it loads, all tensors finite)"

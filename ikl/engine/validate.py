@@ -6,6 +6,7 @@ group (loss, attack, trainer, dataset) is covered without a schema per group.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,6 +32,25 @@ NON_NEGATIVE_INT_KEYS = {
     "n_ex",
     "seed",
 }
+# Switches: true or false, nothing else (YAML's `yes`, a 0/1 or a string would slip through).
+BOOL_KEYS = {
+    "normalize",
+    "class_wise",
+    "break_asymmetry",
+    "download",
+    "compare_to_ce",
+    "progress",
+    "nesterov",
+    "cuda_graphs",
+    "compile",
+    "channels_last",
+    "allow_inexact_eps",
+    "eps_ramp",
+    "enabled",
+    "skip_bad_images",
+}
+# Numbers that must be given (null would fail deep inside a constructor).
+REQUIRED_NUMBER_KEYS = {"lr", "momentum", "weight_decay", "ce_weight"}
 # String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
 # deep inside a constructor with a traceback, or not at all).
 CHOICES = {"budget": ("as_run", "as_described", "low"), "precision": ("fp32", "amp")}
@@ -55,10 +75,23 @@ def check_value(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{path}={value!r} is not one of {', '.join(CHOICES[key])}")
     if key == "device" and value is not None and not (isinstance(value, str) and DEVICE_PATTERN.fullmatch(value)):
         raise ConfigError(f"{path}={value!r} is not a device; use auto, cpu or cuda (cuda:N)")
-    if value is None or not _is_number(value):
-        if key in POSITIVE_INT_KEYS | NON_NEGATIVE_INT_KEYS and value is not None and not _is_number(value):
-            raise ConfigError(f"{path}={value!r} must be a whole number")
+    integer = key in POSITIVE_INT_KEYS | NON_NEGATIVE_INT_KEYS
+    if value is None:
+        if integer or key in REQUIRED_NUMBER_KEYS:
+            raise ConfigError(f"{path} is null but needs a value; set {path}=<number>")
+        if key in BOOL_KEYS:
+            raise ConfigError(f"{path} is null; set {path}=true or {path}=false")
         return
+    if key in BOOL_KEYS and not isinstance(value, bool):
+        raise ConfigError(f"{path}={value!r} must be true or false")
+    if integer and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ConfigError(f"{path}={value!r} must be a whole number")
+    if key in REQUIRED_NUMBER_KEYS and not _is_number(value):
+        raise ConfigError(f"{path}={value!r} must be a number")
+    if not _is_number(value):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}={value} must be a finite number")
     if key.endswith("temperature") and value <= 0:
         raise ConfigError(f"{path}={value} must be > 0 (a temperature divides the logits)")
     if (key.endswith("_weight") or key in {"alpha", "beta", "gamma", "kd_weight"}) and value < 0:
@@ -69,8 +102,10 @@ def check_value(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{path}={value} must be >= 0")
     if key in {"lr", "grad_clip"} and value <= 0:
         raise ConfigError(f"{path}={value} must be > 0" + (" (null turns clipping off)" if key == "grad_clip" else ""))
-    if key == "momentum" and value < 0:
-        raise ConfigError(f"{path}={value} must be >= 0")
+    if key == "momentum" and not 0 <= value < 1:
+        raise ConfigError(f"{path}={value} must be in [0, 1)")
+    if key == "weight_decay" and value < 0:
+        raise ConfigError(f"{path}={value} must be >= 0 (a negative decay grows the weights)")
     if key == "iter_start" and not 0 <= value <= 1:
         raise ConfigError(f"{path}={value} must be in [0, 1] (a fraction of the training epochs)")
     if key in {"eps", "epsilon", "step_size"} and not 0 <= value <= 1:

@@ -21,6 +21,7 @@ SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "config": ("4. Bad configuration", ("Entry point", "Override", "Exit", "The line printed")),
     "resources": ("5. Resource faults", ("Fault", "Exit", "The line printed", "Nothing lost")),
     "determinism": ("6. Determinism (CPU)", ("Entry point", "Compared", "Result")),
+    "integrity": ("7. Run integrity", ("Guarantee", "What was tried", "What happened", "Checked")),
 }
 
 HEADER = """# Reliability: fault injection

@@ -64,11 +64,30 @@ CASES: list[tuple[str, str, str]] = [
     ("train_kd.py", "trainer.save_every=0", "trainer.save_every=0 must be a positive whole number"),
     ("train_kd.py", "trainer.workers=-1", "trainer.workers=-1 must be >= 0"),
     ("train_kd.py", "seed=abc", "seed='abc' must be a whole number"),
+    ("train_kd.py", "seed=1.5", "seed=1.5 must be a whole number"),
+    ("train_kd.py", "trainer.epochs=2.5", "trainer.epochs=2.5 must be a whole number"),
+    ("train_kd.py", "trainer.epochs=null", "trainer.epochs is null but needs a value"),
+    ("train_kd.py", "batch_size=sixteen", "batch_size='sixteen' must be a whole number"),
+    (
+        "train_kd.py",
+        "trainer.epoch=3",
+        "trainer.epoch=3: train_kd has no key 'trainer.epoch'; did you mean trainer.epochs?",
+    ),
+    ("train_at.py", "atack.eps=0.1", "train_at has no key 'atack.eps'; did you mean attack.eps?"),
+    ("train_kd.py", "trainer.channels_last=maybe", "trainer.channels_last='maybe' must be true or false"),
+    ("train_kd.py", "run_name=" + "r" * 240, "run_name is 240 bytes long"),
+    ("train_kd.py", "run_name=a/b", "must be a non-empty folder name without '/'"),
     ("train_at.py", "monitor.samples=-1", "monitor.samples=-1 must be >= 0"),
     ("eval_autoattack.py", "n_ex=0", "n_ex=0 must be positive"),
     # optimisation
     ("train_kd.py", "optimizer.lr=0", "optimizer.lr=0 must be > 0"),
-    ("train_kd.py", "optimizer.momentum=-0.9", "optimizer.momentum=-0.9 must be >= 0"),
+    ("train_kd.py", "optimizer.momentum=-0.9", "optimizer.momentum=-0.9 must be in [0, 1)"),
+    ("train_kd.py", "optimizer.momentum=1.5", "optimizer.momentum=1.5 must be in [0, 1)"),
+    ("train_kd.py", "optimizer.weight_decay=-5e-4", "optimizer.weight_decay=-0.0005 must be >= 0"),
+    ("train_kd.py", "optimizer.lr=null", "optimizer.lr is null but needs a value"),
+    ("train_kd.py", "optimizer.lr=nan", "optimizer.lr=nan must be a finite number"),
+    ("train_kd.py", "optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
+    ("train_kd.py", "optimizer.nesterov=true optimizer.momentum=0", "optimizer: Nesterov momentum requires"),
     ("train_kd.py", "scheduler.gamma=-1", "scheduler.gamma=-1 must be >= 0"),
     ("train_kd.py", "trainer.grad_clip=-1", "trainer.grad_clip=-1 must be > 0"),
     ("train_at.py", "ema.epoch_decay=1.5", "ema.epoch_decay=1.5 must be in [0, 1)"),
@@ -79,7 +98,11 @@ CASES: list[tuple[str, str, str]] = [
     ("train_kd.py", "teacher.checkpoint=<tmp>/missing/teacher.pth", "missing/teacher.pth does not exist"),
     ("train_kd.py", "teacher.checkpoint=null teacher.auto_train_epochs=0", "no teacher checkpoint for resnet8"),
     ("train_kd.py", "loss=ikl_gi dataset.num_classes=100", "dataset.num_classes=100 but the data has 10 classes"),
-    ("train_kd.py", "resume=<tmp>/no-such-run", "no checkpoint at"),
+    ("train_kd.py", "resume=<tmp>/no-such-run", "no such run dir or checkpoint file"),
+    ("train_kd.py", "teacher.checkpoint=<tmp>", "is a directory, not a checkpoint file"),
+    ("train_kd.py", "teacher.checkpoint=<tmp>/zero.pth", "is empty (0 bytes"),
+    ("train_kd.py", "init_from=<tmp>/missing.pt", "missing.pt does not exist; give a checkpoint file"),
+    ("train_kd.py", "teacher.expected_acc=99", "expected 99"),
     # engine, device, logger
     ("train_kd.py", "trainer.amp=fp8", "trainer.amp='fp8' is not one of"),
     ("train_kd.py", "trainer.device=cuda", "trainer.device=cuda but no CUDA device is visible"),
@@ -119,6 +142,7 @@ def base_args(script: str, tmp: Path, teacher: Path) -> list[str]:
 
 def case_args(overrides: str, tmp: Path) -> list[str]:
     (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "zero.pth").write_bytes(b"")
     return overrides.replace(EMPTY_ROOT, str(tmp / "empty")).replace("<tmp>", str(tmp)).split()
 
 

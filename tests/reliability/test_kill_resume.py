@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from ikl.cli import compose
+from ikl.cli import rundir
+from ikl.cli.rundir import RunIdentity
 from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
 from ikl.errors import CheckpointError
 from tests.reliability.helpers import (
@@ -155,19 +155,24 @@ def test_train_at_survives_sigkill_with_ema(jobs):
 
 def test_resume_true_with_an_explicit_run_dir_never_continues_another_run(tmp_path):
     """A killed first attempt has no checkpoint: resume=true must start it afresh, not pick (and
-    write into) the latest other run of the same name under out_dir."""
-    other = tmp_path / "outputs" / "kd-digits-ikl-resnet20-resnet8-s0" / "other" / "checkpoints"
-    other.mkdir(parents=True)
-    save_checkpoint({"epoch": 3}, other / "last.pt")
-    cfg = OmegaConf.create(
-        {"run_dir": str(tmp_path / "mine"), "resume": True, "out_dir": str(tmp_path / "outputs")}
-        | {"run_name": "kd-digits-ikl-resnet20-resnet8-s0"}
+    write into) the latest other run of the same name (and even the same identity) under out_dir."""
+    identity = RunIdentity("kd", {"loss.name": "ikl"})
+    other = tmp_path / "outputs" / "kd-digits-ikl-resnet20-resnet8-s0" / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "run.json").write_text(json.dumps({"format": "ikl-run", "identity": identity.to_dict()}))
+    save_checkpoint({"epoch": 3}, other / "checkpoints" / "last.pt")
+    plan = rundir.plan_run(
+        identity=identity,
+        resume=True,
+        run_dir=str(tmp_path / "mine"),
+        default_dir=tmp_path / "default",
+        out_dir=tmp_path / "outputs",
     )
-    assert compose.resolve_run_dir(cfg) == (tmp_path / "mine", None)
+    assert (plan.run_dir, plan.resume_from) == (tmp_path / "mine", None)
     REPORT.add(
         "kill",
         "resume=true in an explicit run_dir that has no checkpoint, beside another run of the same name",
-        "compose.resolve_run_dir",
+        "rundir.plan_run",
         "starts afresh in run_dir (before the fix it continued, and wrote into, the other run)",
         "yes: the other run is untouched",
     )

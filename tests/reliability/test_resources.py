@@ -40,7 +40,7 @@ def test_run_dir_whose_parent_is_a_regular_file(tmp_path, shared_files):
         "train_kd.py", [*kd_overrides(shared_files["teacher"]), *isolated(tmp_path), f"run_dir={run_dir}"]
     )
     line = _one_line(code, stderr)
-    assert f"cannot write the run dir {run_dir}: Not a directory" in line
+    assert f"cannot create the run dir {run_dir}: Not a directory" in line
     assert blocker.read_text() == "a regular file where a directory should be\n"
     REPORT.add("resources", "run_dir=<a regular file>/run (train_kd.py)", code, line, "yes: nothing was written")
 
@@ -111,7 +111,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, shared_files, monkeypatc
     monkeypatch.undo()
     line = _one_line(code, stderr)
     last = run_dir / "checkpoints" / "last.pt"
-    assert f"could not write checkpoint {last}: No space left on device; the previous file is intact" in line
+    assert f"could not write checkpoint {last}: No space left on device; the file there before was not replaced" in line
     assert load_checkpoint(last)["epoch"] == 1 and cut["written"] > 0
     assert not list(last.parent.glob(".last.pt.*.tmp")), "the partial file was left behind"
     compared = _resume_and_compare(args, run_dir, jobs.get("kd-uninterrupted-1"))
