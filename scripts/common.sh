@@ -2,16 +2,19 @@
 # Shared by the per-table scripts (scripts/<table>.sh); sourced, never run on its own.
 #
 # Environment (every script):
-#   OUT=outputs/reproduce   where runs, evaluations and (in smoke mode) tables go. All scripts share
-#                           one OUT by default, so a cell used by two tables (e.g. at_cifar100/ikl_at
-#                           in Tables 1, 2, 7-11) is trained once; the second script finds it done.
+#   OUT=outputs/reproduce   where runs, evaluations, tables and plots go. All scripts share one OUT
+#                           by default, so a cell used by two tables (e.g. at_cifar100/ikl_at in
+#                           Tables 1, 2, 7-11) is trained once; the second script finds it done.
+#                           SMOKE=1 without OUT: outputs/smoke/<script> (never the folder real runs
+#                           resume from).
 #   SEEDS=0,1,2             Hydra sweep over seeds (the paper reports the mean of 3 trials).
 #   SMOKE=1                 a few steps of every cell on bundled data (see "Smoke mode" below).
 #   PYTHON=python           the interpreter.
 #   LAUNCHER="$PYTHON"      what starts the training entry points, e.g. "torchrun --nproc_per_node=8"
 #                           (DDP on one node; each job of the multirun then runs on every rank).
-#   TABLES_DIR, PLOTS_DIR   where make_tables.py writes (default results/tables, results/plots;
-#                           $OUT/tables, $OUT/plots in smoke mode).
+#   TABLES_DIR, PLOTS_DIR   where make_tables.py writes (default $OUT/tables, $OUT/plots). Nothing
+#                           is written into tracked folders: results/ holds committed reference
+#                           tables only (copy a finished table there by hand to publish it).
 # Extra arguments to a script are passed to its training runs as Hydra overrides, e.g.
 #   bash scripts/at_cifar100.sh trainer.amp=bf16 trainer.loader=device
 #   bash scripts/at_cifar100.sh hydra/launcher=slurm        # SLURM array, see docs/reproduce.md
@@ -34,23 +37,26 @@ cd "$ROOT"
 SMOKE="${SMOKE:-0}"
 PYTHON="${PYTHON:-python}"
 read -r -a LAUNCH <<<"${LAUNCHER:-$PYTHON}"
-OUT="${OUT:-outputs/reproduce}"
+SCRIPT_NAME="$(basename "${BASH_SOURCE[1]:-$0}" .sh)"
+if [[ -z "${OUT:-}" ]]; then
+  # a smoke run has its own folder: its one-epoch runs must never be what a real run resumes
+  if [[ "$SMOKE" == 1 ]]; then OUT="outputs/smoke/$SCRIPT_NAME"; else OUT="outputs/reproduce"; fi
+fi
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 RUNS="$OUT/runs"
 
+TABLES_DIR="${TABLES_DIR:-$OUT/tables}"
+PLOTS_DIR="${PLOTS_DIR:-$OUT/plots}"
+
 if [[ "$SMOKE" == 1 ]]; then
   SEEDS="${SEEDS:-0}"
-  TABLES_DIR="${TABLES_DIR:-$OUT/tables}"
-  PLOTS_DIR="${PLOTS_DIR:-$OUT/plots}"
   # Auto-trained digits teachers are cached under OUT, not in ~/.cache.
   export IKL_CACHE="${IKL_CACHE:-$OUT/cache}"
   # Tiny models: one thread per process is faster, and two smoke scripts may share two cores.
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 else
   SEEDS="${SEEDS:-0,1,2}"
-  TABLES_DIR="${TABLES_DIR:-results/tables}"
-  PLOTS_DIR="${PLOTS_DIR:-results/plots}"
 fi
 export HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
 
@@ -142,7 +148,8 @@ evaluate() {
     dirs+=("$1")
     shift
   done
-  local settings=("dataset=$dataset" n_ex=10000 version=standard batch_size=200)
+  # result.json lands in <run dir>/eval_autoattack/<tag>/ (what make_tables.py reads); its copy under OUT
+  local settings=("dataset=$dataset" n_ex=10000 version=standard batch_size=200 "results_dir=$OUT/eval_autoattack/results")
   if [[ "$SMOKE" == 1 ]]; then settings=("${EVAL_SMOKE[@]}"); fi
   say "evaluating ${#dirs[@]} checkpoint(s): $evaluations"
   run "$PYTHON" eval_autoattack.py -m "checkpoint=$(join_by_comma "${dirs[@]}")" "evaluations=$evaluations" \

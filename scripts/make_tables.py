@@ -1,6 +1,6 @@
 """Paper-vs-ours tables and plots from run directories.
 
-    python scripts/make_tables.py --runs outputs/reproduce/runs            # every table
+    python scripts/make_tables.py --runs outputs/reproduce/runs            # every table that has runs
     python scripts/make_tables.py --runs outputs/reproduce/runs --tables table2_at_cifar100 table9_tau
     python scripts/make_tables.py --list                                    # the table names
 
@@ -16,10 +16,13 @@ Inputs:
   ``metric``, ``value`` (and ``std``), the ``cell`` (``;``-separated) it compares with, and its
   ``source`` (paper table and row).
 
-Outputs: one markdown table per name (``--out``, default results/tables) with one row per cell:
-mean ± sample std over seeds, our number beside the paper's and the difference (ours − paper);
-and PNG plots (``--plots``, default results/plots): training curves per table, accuracy vs τ
-(Table 9), AutoAttack accuracy vs ε (Table 10).
+Outputs: one markdown table per name (``--out``, default outputs/reproduce/tables) with one row
+per cell: mean ± sample std over seeds, our number beside the paper's and the difference (ours −
+paper); and PNG plots (``--plots``, default outputs/reproduce/plots): training curves per table,
+accuracy vs τ (Table 9), AutoAttack accuracy vs ε (Table 10). Generated files never go into
+``results/``, which holds committed reference tables only. A table none of whose cells has a run
+is not written (one line on stderr says so); with no run at all, or none for any named table,
+nothing is written and the exit status is 1.
 
 Which number is ours (results/README.md says the same):
 
@@ -55,6 +58,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT_DEFAULT = ROOT / "outputs" / "reproduce"  # scripts/common.sh's OUT: runs, tables and plots (git-ignored)
 EPS_TABLE10 = (2, 4, 6, 8, 10, 12)
 
 # Config keys that do not change what a run computes (or that name where it ran): ignored when
@@ -394,9 +398,6 @@ def find_runs(roots: Iterable[Path]) -> list[Run]:
     """Every run (one per cell, variant and seed: the newest) under ``roots``."""
     runs: list[Run] = []
     for root in roots:
-        if not root.exists():
-            print(f"make_tables: {root} does not exist; no runs read from it", file=sys.stderr)
-            continue
         for summary_path in sorted(root.rglob("summary.json")):
             run_dir = summary_path.parent
             config_path = run_dir / "config.yaml"
@@ -754,7 +755,30 @@ def build(
     if unknown:
         raise SystemExit(f"make_tables: unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
     paper = load_paper(paper_dir)
-    grouped = group_runs(find_runs(runs_dirs))
+    runs = find_runs(runs_dirs)
+    where = ", ".join(f"{d}{'' if d.exists() else ' (does not exist)'}" for d in runs_dirs)
+    if not runs:
+        raise SystemExit(
+            f"make_tables: no runs under {where}, so no table is written; runs are made by "
+            "scripts/<table>.sh (e.g. bash scripts/at_cifar100.sh, or SMOKE=1 for a quick check) or by "
+            "train_kd.py/train_at.py experiment=<cell>; point --runs at their runs folder"
+        )
+    for missing in (d for d in runs_dirs if not d.exists()):
+        print(f"make_tables: {missing} does not exist; no runs read from it", file=sys.stderr)
+    grouped = group_runs(runs)
+    empty = [n for n in names if not any(grouped.get(c) for c in TABLES[n].cells)]
+    if len(empty) == len(names):
+        scripts = ", ".join(dict.fromkeys(TABLES[n].script for n in names))
+        raise SystemExit(
+            f"make_tables: the runs under {where} are of none of the cells of {', '.join(names)}, so no table "
+            f"is written; {scripts} make them"
+        )
+    for name in empty:
+        print(
+            f"make_tables: {name}: no run of its cells under {where}; not written ({TABLES[name].script} makes them)",
+            file=sys.stderr,
+        )
+    names = [n for n in names if n not in empty]
     known = {c for t in TABLES.values() for c in t.cells}
     extra = sorted(set(grouped) - known)
     if extra:
@@ -778,16 +802,21 @@ def build(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its defaults are those of scripts/common.sh (OUT=outputs/reproduce)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", type=Path, default=[ROOT / "outputs" / "reproduce" / "runs"])
+    parser.add_argument("--runs", nargs="+", type=Path, default=[OUT_DEFAULT / "runs"])
     parser.add_argument("--tables", nargs="+", default=list(TABLES), help="table names (default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "tables")
-    parser.add_argument("--plots", type=Path, default=ROOT / "results" / "plots")
+    parser.add_argument("--out", type=Path, default=OUT_DEFAULT / "tables")
+    parser.add_argument("--plots", type=Path, default=OUT_DEFAULT / "plots")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--paper", type=Path, default=ROOT / "results" / "paper")
     parser.add_argument("--list", action="store_true", help="print the table names and exit")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.list:
         for spec in TABLES.values():
             print(f"{spec.name:24s} {spec.title} ({spec.script})")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -263,6 +264,57 @@ def test_a_subset_autoattack_is_marked(tmp_path):
 def test_unknown_table_is_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="unknown table"):
         make_tables.build([tmp_path], ["table99"], tmp_path, None, PAPER_DIR)
+
+
+# ----------------------------------------------------------------------------- no runs, and where tables go
+def run_make_tables(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_tables.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["empty_folder", "missing_folder"])
+def test_no_runs_is_one_line_and_exit_1_with_nothing_written(tmp_path, exists):
+    runs = tmp_path / "runs"
+    if exists:
+        (runs / "not-a-run").mkdir(parents=True)  # a folder without summary.json/config.yaml is no run
+    proc = run_make_tables("--runs", str(runs), "--out", str(tmp_path / "t"), "--plots", str(tmp_path / "p"))
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(runs) in lines[0] and "no runs" in lines[0] and "scripts/" in lines[0]
+    assert ("does not exist" in lines[0]) is not exists
+    assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_table_without_runs_of_its_cells_is_not_written(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "kd_imagenet/ikl_res34_res18", 0, dataset="imagenet", summary={"acc_last": 71.0})
+    out = tmp_path / "t"
+    written = make_tables.build([tmp_path / "runs"], ["table4_kd_imagenet", "table9_tau"], out, None, PAPER_DIR)
+    assert written == [out / "table4_kd_imagenet.md"]
+    assert not (out / "table9_tau.md").exists()
+    err = capsys.readouterr().err
+    assert "table9_tau: no run of its cells" in err and "scripts/sweep_tau.sh" in err
+    with pytest.raises(SystemExit, match=r"none of the cells of table9_tau.*scripts/sweep_tau.sh"):
+        make_tables.build([tmp_path / "runs"], ["table9_tau"], tmp_path / "t2", None, PAPER_DIR)
+    assert not (tmp_path / "t2").exists()
+
+
+def test_default_outputs_are_ignored_by_git_and_not_under_results():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    args = make_tables.build_parser().parse_args([])
+    for path in (args.out, args.plots, *args.runs):
+        assert ROOT / "outputs" in path.parents, path
+        probe = path / "table1_at.md"
+        proc = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=ROOT, capture_output=True)
+        assert proc.returncode == 0, f"{probe} is not git-ignored"
+    assert args.paper == ROOT / "results" / "paper"  # read only
 
 
 # ----------------------------------------------------------------------------- the paper's numbers
