@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ikl.cli import compose, overrides
-from ikl.cli import train_kd
+from ikl.cli import compose, overrides, train_kd
 from ikl.errors import ConfigError
 from tests.reliability.helpers import cli
 from tests.runutils import TINY_DIGITS, compose_config, run_entry, save_teacher
