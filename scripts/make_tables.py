@@ -29,9 +29,10 @@ Which number is ours (results/README.md says the same):
 * KD: top-1 on the test set after the last epoch (``acc_last``) and the best epoch's
   (``acc_best``, mdistiller's ``best_acc``: selected on the test set, optimistic); Δ for both.
 * AT: the clean and robust accuracy of the weights eval_autoattack.py evaluated (the run's
-  ``ema_epoch.pt``, the official swa.py model, after the last epoch), from its ``result.json`` at
+  ``ema_epoch.pt``, the official swa.py model, after the last epoch; for the generated-data cells
+  ``ema_iter.pt``, DM-AT's per-iteration weight average), from its ``result.json`` at
   ε = 8/255 (Table 10: each ε). Before an evaluation exists the clean column falls back to the
-  training-time test accuracy of the same EMA model, marked "(train)".
+  training-time test accuracy of the same EMA model (epoch EMA, else iteration EMA), marked "(train)".
 
 Runs of one cell whose configs differ in anything but the seed and bookkeeping (a sweep over τ on
 top of a cell, say) are split into one row each, labelled with the differing keys. Marks: † the
@@ -110,6 +111,10 @@ class TableSpec:
     dataset: str
     script: str
     labels: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, str] = field(default_factory=dict)  # a cell's data set when it is not ``dataset``
+
+    def dataset_of(self, cell: str) -> str:
+        return self.datasets.get(cell, self.dataset)
 
     @property
     def adversarial(self) -> bool:
@@ -288,9 +293,54 @@ TABLES: dict[str, TableSpec] = {
             {"at_cifar100/trades": "TRADES", "at_cifar100/ikl_at": "IKL-AT"},
         ),
         TableSpec(
+            "table2_at_cifar100_generated",
+            "Table 2 (generated-data rows) and the README's 1M rows: CIFAR-100 + generated images, WRN-28-10-swish",
+            (
+                "at_generated/ikl_at_cifar100_50m",
+                "at_generated/ikl_at_cifar100_1m",
+                "at_generated/trades_cifar100_50m",
+                "at_generated/trades_cifar100_1m",
+            ),
+            (CLEAN, AA),
+            ("P-T2", "RD-A"),
+            "cifar100_generated",
+            "scripts/at_generated.sh",
+            {
+                "at_generated/ikl_at_cifar100_50m": "IKL-AT, 50M (a5 b12 T4)",
+                "at_generated/ikl_at_cifar100_1m": "IKL-AT, 1M (README)",
+                "at_generated/trades_cifar100_50m": "TRADES, 50M (Wang et al.)",
+                "at_generated/trades_cifar100_1m": "TRADES, 1M (Wang et al.)",
+            },
+        ),
+        TableSpec(
+            "table3_at_cifar10_generated",
+            "Table 3 (generated-data rows) and the README's 1M rows: CIFAR-10 + generated images, WRN-28-10-swish",
+            (
+                "at_generated/ikl_at_cifar10_20m",
+                "at_generated/ikl_at_cifar10_1m",
+                "at_generated/trades_cifar10_20m",
+                "at_generated/trades_cifar10_1m",
+            ),
+            (CLEAN, AA),
+            ("P-T3", "RD-A"),
+            "cifar10_generated",
+            "scripts/at_generated.sh",
+            {
+                "at_generated/ikl_at_cifar10_20m": "IKL-AT, 20M (a3 b10 T4)",
+                "at_generated/ikl_at_cifar10_1m": "IKL-AT, 1M (README)",
+                "at_generated/trades_cifar10_20m": "TRADES, 20M (Wang et al.)",
+                "at_generated/trades_cifar10_1m": "TRADES, 1M (Wang et al.)",
+            },
+        ),
+        TableSpec(
             "table11_attacks",
             "Table 11: PGD-k / CW-k (step 2/255), AutoAttack and the per-sample worst case (CIFAR-100)",
-            ("at_cifar100/trades", "at_cifar100/ikl_at", "at_cifar100/ikl_at_autoaug"),
+            (
+                "at_cifar100/trades",
+                "at_cifar100/ikl_at",
+                "at_cifar100/ikl_at_autoaug",
+                "at_generated/ikl_at_cifar100_50m",
+            ),
             (
                 CLEAN,
                 Metric("pgd10", "PGD-10", "pgd10"),
@@ -302,12 +352,29 @@ TABLES: dict[str, TableSpec] = {
             ),
             ("P-T11",),
             "cifar100",
-            "scripts/at_cifar100.sh",
+            "scripts/at_cifar100.sh, scripts/at_generated.sh",
             {
                 "at_cifar100/trades": "TRADES",
                 "at_cifar100/ikl_at": "IKL-AT",
                 "at_cifar100/ikl_at_autoaug": "IKL-AT autoaug",
+                "at_generated/ikl_at_cifar100_50m": "IKL-AT synthetic (WRN-28-10, 50M)",
             },
+            {"at_generated/ikl_at_cifar100_50m": "cifar100_generated"},
+        ),
+        TableSpec(
+            "table12_robustbench",
+            "Table 12: the RobustBench CIFAR-100 L∞ entries (ours; the paper's 'previous best' in results/paper)",
+            ("at_cifar100/ikl_at", "at_cifar100/ikl_at_autoaug", "at_generated/ikl_at_cifar100_50m"),
+            (CLEAN, AA),
+            ("P-T12",),
+            "cifar100",
+            "scripts/at_cifar100.sh, scripts/at_generated.sh",
+            {
+                "at_cifar100/ikl_at": "basic (WRN-34-10)",
+                "at_cifar100/ikl_at_autoaug": "AutoAug (WRN-34-10)",
+                "at_generated/ikl_at_cifar100_50m": "generated data (WRN-28-10-swish, 50M)",
+            },
+            {"at_generated/ikl_at_cifar100_50m": "cifar100_generated"},
         ),
         TableSpec(
             "table13_14_kd_cifar100",
@@ -477,7 +544,10 @@ def run_metrics(run: Run) -> dict[str, Any]:
         "top1_last": s.get("acc_last"),
         "top1_best": s.get("acc_best"),
         "teacher_top1": s.get("teacher_acc"),
-        "train_clean": s.get("test_ema_epoch_acc_last", s.get("acc_last") if "test_pgd_acc_last" in s else None),
+        "train_clean": s.get(
+            "test_ema_epoch_acc_last",
+            s.get("test_ema_iter_acc_last", s.get("acc_last") if "test_pgd_acc_last" in s else None),
+        ),
         "subset_aa": False,
     }
     main = _pick(run.evaluations, 8.0)
@@ -580,7 +650,7 @@ def render_table(spec: TableSpec, grouped: dict[str, list[tuple[str, list[Run]]]
         for label, runs in variants:
             values, sources = _row_cells(spec, cell, runs, paper)
             flags = ""
-            if any(is_partial(r, spec.dataset) for r in runs):
+            if any(is_partial(r, spec.dataset_of(cell)) for r in runs):
                 flags += "†"
             if any(run_metrics(r)["subset_aa"] for r in runs):
                 flags += "‡"
@@ -591,8 +661,9 @@ def render_table(spec: TableSpec, grouped: dict[str, list[tuple[str, list[Run]]]
             lines.append("| " + " | ".join([f"`{cell}`", setting, seeds, *values, source]) + " |")
     lines.append("")
     if "†" in marks:
+        expected = ", ".join(dict.fromkeys(spec.dataset_of(c) for c in spec.cells))
         lines.append(
-            f"† some runs used another data set than {spec.dataset} or stopped before their configured "
+            f"† some runs used another data set than {expected} or stopped before their configured "
             "epochs (smoke or unfinished runs): not comparable with the paper."
         )
     if "‡" in marks:

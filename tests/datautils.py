@@ -143,3 +143,29 @@ def write_fake_image_folder(
             pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / f"class_{k}" / f"{i}.png")
     return root
+
+
+def write_generated_npz(
+    path: Path | str,
+    n: int,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    size: int = 32,
+    value: int | None = None,
+    compressed: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A generated-data file in DM-AT's format: ``np.savez(image=uint8 N x S x S x 3, label=int64 N)``.
+
+    ``value`` fills every pixel with one grey level (so a test can tell generated from real images
+    in a batch); otherwise random pixels. Returns (images, labels).
+    """
+    rng = np.random.default_rng(seed)
+    if value is None:
+        images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    else:
+        images = np.full((n, size, size, 3), value, dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+    save = np.savez_compressed if compressed else np.savez
+    save(path, image=images, label=labels)
+    return images, labels

@@ -94,6 +94,51 @@ KD_ABLATION = {  # Table 1 KD rows (b), (c) on the R34 -> R18 IKL weights: (brea
     "kd_ablation/dkl_ba_res34_res18": True,
 }
 TEACHERS = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50")
+# Generated-data AT (PAPER.md §2.2, §5.1; DKL eval logs cifar100_dkl_a5_b12_T4_50m / cifar10_dkl_a3_b10_T4_20m:
+# code alpha = sce_weight, beta = wmse_weight, T = prior_temperature; the 1M runs borrow the large runs'
+# weights). DM-AT README command: batch 512, 400 epochs. cell: (dataset, loss, sce, wmse, files, batch, epochs)
+GENERATED = {
+    "at_generated/ikl_at_cifar100_50m": (
+        "cifar100",
+        "ikl_at",
+        5.0,
+        12.0,
+        [f"cifar100/50m_part{i}.npz" for i in (1, 2, 3, 4)],
+        2048,
+        1600,
+    ),
+    "at_generated/ikl_at_cifar100_1m": ("cifar100", "ikl_at", 5.0, 12.0, "cifar100/1m.npz", 512, 400),
+    "at_generated/ikl_at_cifar10_20m": (
+        "cifar10",
+        "ikl_at",
+        3.0,
+        10.0,
+        ["cifar10/20m_part1.npz", "cifar10/20m_part2.npz"],
+        2048,
+        2400,
+    ),
+    "at_generated/ikl_at_cifar10_1m": ("cifar10", "ikl_at", 3.0, 10.0, "cifar10/1m.npz", 512, 400),
+    "at_generated/trades_cifar100_50m": (
+        "cifar100",
+        "trades",
+        None,
+        None,
+        [f"cifar100/50m_part{i}.npz" for i in (1, 2, 3, 4)],
+        2048,
+        1600,
+    ),
+    "at_generated/trades_cifar100_1m": ("cifar100", "trades", None, None, "cifar100/1m.npz", 512, 400),
+    "at_generated/trades_cifar10_20m": (
+        "cifar10",
+        "trades",
+        None,
+        None,
+        ["cifar10/20m_part1.npz", "cifar10/20m_part2.npz"],
+        2048,
+        2400,
+    ),
+    "at_generated/trades_cifar10_1m": ("cifar10", "trades", None, None, "cifar10/1m.npz", 512, 400),
+}
 
 EXPECTED_CELLS = sorted(
     [f"kd_cifar100/{m}_{p}" for p in KD_PAIRS for m in KD_METHODS]
@@ -101,6 +146,7 @@ EXPECTED_CELLS = sorted(
     + list(AT)
     + list(KD_ABLATION)
     + [f"kd_teachers/{t}" for t in TEACHERS]
+    + list(GENERATED)
 )
 
 
@@ -115,6 +161,7 @@ def test_the_experiment_files_are_exactly_the_paper_cells():
         "at_cifar100": 4,
         "at_cifar10": 4,
         "at_ablation": 11,
+        "at_generated": 8,
     }
 
 
@@ -150,7 +197,7 @@ def test_experiment_files_are_overrides_only_with_provenance(cell):
     defaults = raw.pop("defaults")
     assert all(isinstance(d, dict) and all(k.startswith("override /") for k in d) for d in defaults)
     groups = {k.removeprefix("override /"): v for d in defaults for k, v in d.items()}
-    assert set(groups) <= {"dataset", "loss", "model", "student", "teacher"}
+    assert set(groups) <= {"dataset", "loss", "model", "student", "teacher", "scheduler"}
     base = base_config(primary(cell), tuple(f"{g}={groups[g]}" for g in VALUE_GROUPS if g in groups))
     raw.pop("cell")
     raw.pop("run_name")
@@ -290,6 +337,56 @@ def test_at_cell(cell):
         assert (loss.sce_weight, loss.wmse_weight, loss.prior_temperature) == (sce, wmse, tau)
         assert loss.class_wise is class_wise and loss.break_asymmetry is ba
         assert loss.temperature == 1.0 and loss.prior_momentum == 1.0 and loss.weight_power == 1.0
+
+
+@pytest.mark.parametrize("cell", list(GENERATED))
+def test_generated_data_cell(cell, monkeypatch):
+    monkeypatch.setenv("IKL_GENERATED", "/data/edm")
+    dataset, loss_name, sce, wmse, files, batch, epochs = GENERATED[cell]
+    cfg = compose_config("train_at", [f"experiment={cell}"])
+    assert get(cfg, "dataset.name") == f"{dataset}_generated" and get(cfg, "dataset.test_set") == dataset
+    assert get(cfg, "dataset.builder.real.name") == dataset and get(cfg, "dataset.builder.normalize") is False
+    paths = get(cfg, "dataset.builder.path")
+    expected = [f"/data/edm/{f}" for f in files] if isinstance(files, list) else f"/data/edm/{files}"
+    assert (list(paths) if not isinstance(paths, str) else paths) == expected
+    # DM-AT (b390f25) semisup.py / parser.py / train-wa.py / watrain.py / trades.py
+    assert get(cfg, "dataset.builder.generated_fraction") == 0.7 and get(cfg, "dataset.builder.epoch_size") is None
+    assert get(cfg, "dataset.builder.sampling") == "with_replacement" and get(cfg, "dataset.builder.augment") == "basic"
+    assert get(cfg, "model.name") == "wrn_28_10_swish"
+    assert (
+        get(cfg, "batch_size") == batch and get(cfg, "test_batch_size") == 512 and get(cfg, "trainer.epochs") == epochs
+    )
+    assert get(cfg, "optimizer.lr") == 0.2 and get(cfg, "optimizer.weight_decay") == 5e-4
+    assert get(cfg, "optimizer.nesterov") is True and get(cfg, "bn_weight_decay") is False
+    assert get(cfg, "scheduler._target_") == "torch.optim.lr_scheduler.OneCycleLR"
+    assert get(cfg, "scheduler.pct_start") == 0.025 and get(cfg, "scheduler.total_steps") == epochs
+    assert get(cfg, "scheduler.max_lr") == 0.2
+    assert get(cfg, "label_smoothing") == 0.1 and get(cfg, "bn_momentum_first_step") == 1.0
+    eps = check_eps(get(cfg, "attack.eps"))
+    assert eps == 8 / 255 and get(cfg, "attack.eps_ramp") is False
+    step = check_eps(get(cfg, "attack.step_size"), allow_inexact=True)
+    assert attack_schedule(
+        1, epochs, eps, budget=get(cfg, "attack.budget"), ramp=False, steps=get(cfg, "attack.steps"), step_size=step
+    ) == (eps, 10, 2 / 255)
+    assert get(cfg, "attack.random_start") == "uniform" and get(cfg, "attack.model_mode") == "batch_stats"
+    assert get(cfg, "awp.enabled") is False and get(cfg, "ema.epoch_decay") is None
+    assert (get(cfg, "ema.iter_decay"), get(cfg, "ema.iter_start"), get(cfg, "ema.iter_schedule")) == (
+        0.995,
+        0.025,
+        "dm_at",
+    )
+    loss = cfg.loss
+    assert loss.name == loss_name
+    if loss_name == "trades":
+        assert loss.beta == 5.0
+    else:
+        assert (loss.sce_weight, loss.wmse_weight, loss.prior_temperature) == (sce, wmse, 4.0)
+        assert loss.class_wise is True and loss.break_asymmetry is True and loss.temperature == 1.0
+        # the DKL adversary objective of the data set (PAPER.md §0.5)
+        assert (get(cfg, "attack.wmse_weight"), get(cfg, "attack.sce_weight")) == (
+            (1.0, 1.0) if dataset == "cifar100" else (0.0, 1.0)
+        )
+        assert get(cfg, "attack.objective") == "loss"
 
 
 # ----------------------------------------------------------------------------- teachers

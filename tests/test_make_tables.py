@@ -243,6 +243,43 @@ def test_at_tables_use_the_autoattack_results(tmp_path):
         assert tmp_path / "p" / plot in written and (tmp_path / "p" / plot).stat().st_size > 0
 
 
+def test_generated_data_tables_compare_with_the_synthetic_rows(tmp_path):
+    """The generated-data cells: ours from the ema_iter evaluation (or the iteration EMA's training-time
+    accuracy), the paper's synthetic rows beside them; a generated run is comparable in Tables 11/12
+    (cifar100_generated) and a smoke run (digits_generated) is marked."""
+    ema_iter = {"test_ema_iter_acc_last": 73.0, "test_pgd_acc_last": 40.0}
+    fake_run(
+        tmp_path,
+        "at_generated/ikl_at_cifar100_50m",
+        0,
+        dataset="cifar100_generated",
+        epochs=1600,
+        summary=ema_iter,
+        evals=[aa_result("8/255", 0.7400, 0.3925, extra={"pgd20": {"robust_acc": 0.4420}})],
+    )
+    fake_run(tmp_path, "at_generated/trades_cifar100_1m", 0, dataset="cifar100_generated", epochs=400, summary=ema_iter)
+    fake_run(tmp_path, "at_generated/ikl_at_cifar10_20m", 0, dataset="digits_generated", epochs=1, summary=ema_iter)
+    names = ["table2_at_cifar100_generated", "table3_at_cifar10_generated", "table11_attacks", "table12_robustbench"]
+    make_tables.build([tmp_path], names, tmp_path / "t", None, PAPER_DIR)
+    t2 = (tmp_path / "t" / "table2_at_cifar100_generated.md").read_text()
+    assert len(table_rows(t2)) == 4
+    cell = "at_generated/ikl_at_cifar100_50m"
+    assert column(t2, cell, "Clean") == "74.00" and column(t2, cell, "Paper", 0) == "73.85"
+    assert column(t2, cell, "AA") == "39.25" and column(t2, cell, "Paper", 1) == "39.18"
+    assert column(t2, cell, "Seeds") == "1"
+    trades = "at_generated/trades_cifar100_1m"
+    assert column(t2, trades, "Clean") == "73.00 (train)" and column(t2, trades, "Paper", 0) == "68.06"
+    t3 = (tmp_path / "t" / "table3_at_cifar10_generated.md").read_text()
+    assert column(t3, "at_generated/ikl_at_cifar10_20m", "Seeds") == "1†"
+    assert column(t3, "at_generated/ikl_at_cifar10_20m", "Paper", 0) == "92.16"
+    assert column(t3, "at_generated/trades_cifar10_20m", "Paper", 1) == "67.31"
+    t11 = (tmp_path / "t" / "table11_attacks.md").read_text()
+    assert column(t11, cell, "Seeds") == "1" and column(t11, cell, "PGD-20") == "44.20"
+    assert column(t11, cell, "Paper", 2) == "44.12"
+    t12 = (tmp_path / "t" / "table12_robustbench.md").read_text()
+    assert column(t12, cell, "Seeds") == "1" and column(t12, cell, "Paper", 1) == "39.18"
+
+
 def test_a_subset_autoattack_is_marked(tmp_path):
     fake_run(
         tmp_path,
@@ -366,6 +403,15 @@ PAPER_SPOT_CHECKS = [
     ("P-T10", "at_cifar100/trades", "aa_eps12", 19.17),
     ("P-T10", "at_cifar100/ikl_at", "aa_eps_avg", 36.38),
     ("P-T11", "at_cifar100/ikl_at_autoaug", "cw20", 40.86),
+    ("P-T2", "at_generated/ikl_at_cifar100_50m", "aa", 39.18),
+    ("P-T3", "at_generated/ikl_at_cifar10_20m", "clean", 92.16),
+    ("log", "at_generated/ikl_at_cifar10_20m", "aa", 67.73),
+    ("RD-A", "at_generated/ikl_at_cifar100_1m", "clean", 68.99),
+    ("RD-A", "at_generated/trades_cifar10_1m", "aa", 63.35),
+    ("RD-A", "at_generated/trades_cifar100_50m", "clean", 72.58),
+    ("P-T11", "at_generated/ikl_at_cifar100_50m", "pgd10", 44.43),
+    ("P-T12", "at_generated/ikl_at_cifar100_50m", "clean", 73.85),
+    ("RB", "at_generated/ikl_at_cifar10_20m", "aa", 67.73),
 ]
 
 

@@ -29,6 +29,7 @@ SCRIPTS = [
     "aa_eps",
     "sweep_weights",
     "at_cifar100",
+    "at_generated",
     "at_cifar10",
     "sweep_tau",
     "kd_cifar100",
@@ -53,6 +54,14 @@ EXPECTED = {
         ["table2_at_cifar100", "table11_attacks"],
     ),
     "at_cifar10": (["at_cifar10/ikl_at", "at_cifar10/trades", "at_cifar10/trades_autoaug"], ["table3_at_cifar10"]),
+    "at_generated": (
+        [
+            f"at_generated/{m}_{d}"
+            for m in ("ikl_at", "trades")
+            for d in ("cifar100_50m", "cifar100_1m", "cifar10_20m", "cifar10_1m")
+        ],
+        ["table2_at_cifar100_generated", "table3_at_cifar10_generated", "table11_attacks", "table12_robustbench"],
+    ),
     "sweep_tau": (["at_ablation/tau1", "at_ablation/tau3", "at_cifar100/ikl_at"], ["table9_tau"]),
     "kd_cifar100": (
         [f"kd_cifar100/{m}_res32x4_res8x4" for m in ("ikl", "ikl_gi", "kd", "dkd")],
@@ -69,6 +78,7 @@ EVALUATED = {
     "sweep_weights": "at_ablation/wmse12",
     "at_cifar100": "at_cifar100/ikl_at",
     "at_cifar10": "at_cifar10/ikl_at",
+    "at_generated": "at_generated/ikl_at_cifar100_50m",
     "sweep_tau": "at_ablation/tau1",
 }
 
@@ -132,6 +142,8 @@ def test_smoke_mode_runs(smoke, name):
             assert len(results_json) == 6, "one evaluation per eps"
     if name == "kd_cifar100":
         assert "44 cells compose" in proc.stdout
+    if name == "at_generated":  # every cell read both smoke parts through the mixing sampler
+        assert proc.stdout.count("generated data: 192 images from 2 file(s), 70% of every batch") == 8
     if name == "train_teachers":
         link = out / "teachers" / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
         assert link.resolve() == (run_dir(out, "kd_teachers/resnet32x4") / "checkpoints" / "final.pt").resolve()

@@ -48,6 +48,28 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextmanager
+def batch_stats_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Train mode with BatchNorm normalising by the batch's statistics and *not* updating its running
+    statistics (DM-AT/TRADES ``model.train(); track_bn_stats(model, False)``); restored on exit."""
+    flags = [(module, module.training) for module in model.modules()]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracking = [m.track_running_stats for m in norms]
+    model.train()
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield model
+    finally:
+        for module, track in zip(norms, tracking, strict=True):
+            module.track_running_stats = track
+        for module, training in flags:
+            module.training = training
+
+
+ATTACK_MODES = {"eval": eval_mode, "batch_stats": batch_stats_mode}
+
+
 def adversary_autocast(device_type: str, autocast: bool) -> AbstractContextManager:
     """The precision of an adversary's forwards: the caller's autocast if ``autocast``, else float32.
 
@@ -152,6 +174,7 @@ def pgd_linf(
     start_std: float = 0.001,
     generator: torch.Generator | None = None,
     autocast: bool = False,
+    mode: str = "eval",
 ) -> Tensor:
     """L∞ PGD: ``steps`` sign-gradient ascent steps on ``objective(model(x_adv))``; returns x_adv.
 
@@ -171,13 +194,18 @@ def pgd_linf(
             ``x_adv``, the projection and the result stay float32. PGD uses only the sign of ∇_x, which
             bf16/fp16 can flip for near-zero components (fp16, unscaled, can also underflow them to 0, i.e.
             no step there), so the attack is close to, not equal to, the float32 one.
+        mode: ``"eval"`` (default: DKL/TRADES training and every evaluation) or ``"batch_stats"``
+            (train mode, BatchNorm on the batch's statistics without updating them: DM-AT's
+            training adversary, :func:`batch_stats_mode`).
 
     After every step the iterate is projected onto the ε-ball around x and onto [0, 1].
     """
     x = x.detach().to(torch.promote_types(x.dtype, torch.float32))
     if eps == 0 or steps == 0:
         return x.clone()
-    with eval_mode(model), adversary_autocast(x.device.type, autocast), torch.enable_grad():
+    if mode not in ATTACK_MODES:
+        raise ValueError(f"attack mode {mode!r} is not one of {', '.join(ATTACK_MODES)}")
+    with ATTACK_MODES[mode](model), adversary_autocast(x.device.type, autocast), torch.enable_grad():
         x_adv = _start(x, eps, random_start, start_std, generator)
         for _ in range(steps):
             x_adv.requires_grad_(True)

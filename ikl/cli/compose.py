@@ -574,7 +574,7 @@ def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monit
     run, train. ``data`` is ``(datasets, train_loader, test_loader)`` from :func:`build_data`."""
     datasets, train_loader, test_loader = data
     task.model = prepare_model(task.model, cfg, session)
-    optimizer, scheduler = build_optimization(cfg, task.model.parameters())
+    optimizer, scheduler = build_optimization(cfg, task.optimizer_param_groups())
     trainer = Trainer(
         task,
         optimizer,

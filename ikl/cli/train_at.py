@@ -22,14 +22,15 @@ from ikl.cli.overrides import check_command_line
 from ikl.cli.paths import CONFIGS
 from ikl.eval import check_eps
 from ikl.models import create_model
-from ikl.tasks.at import AdversarialTask, AWPConfig
+from ikl.tasks.at import AdversarialTask, AWPConfig, check_recipe
 
 log = logging.getLogger("ikl.train_at")
 MONITOR = {"best": "test/acc", "best_pgd": "test/pgd_acc"}
 
 
-def build_task(cfg: DictConfig, model, num_classes: int) -> AdversarialTask:
+def build_task(cfg: DictConfig, model, num_classes: int, steps_per_epoch: int | None = None) -> AdversarialTask:
     criterion = instantiate(cfg.loss.criterion) if cfg.loss.criterion is not None else None
+    attack_step_size = cfg.attack.step_size
     return AdversarialTask(
         model,
         criterion,
@@ -49,6 +50,17 @@ def build_task(cfg: DictConfig, model, num_classes: int) -> AdversarialTask:
         eval_steps=cfg.monitor.steps,
         eval_step_size=check_eps(cfg.monitor.step_size, allow_inexact=True),
         eval_samples=cfg.monitor.samples,
+        # DM-AT recipe switches (configs/recipe/at_*_generated.yaml); defaults keep the DKL recipe
+        label_smoothing=cfg.label_smoothing,
+        attack_steps=cfg.attack.steps,
+        attack_step_size=None if attack_step_size is None else check_eps(attack_step_size, allow_inexact=True),
+        attack_random_start=cfg.attack.random_start,
+        attack_mode=cfg.attack.model_mode,
+        attack_objective=cfg.attack.objective,
+        ema_iter_schedule=cfg.ema.iter_schedule,
+        steps_per_epoch=steps_per_epoch,
+        bn_momentum_first_step=cfg.bn_momentum_first_step,
+        bn_weight_decay=cfg.bn_weight_decay,
     )
 
 
@@ -74,6 +86,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     config = compose.validate(cfg)
     check_eps(cfg.attack.eps)
+    check_recipe(
+        budget=cfg.attack.budget,
+        steps=cfg.attack.steps,
+        step_size=cfg.attack.step_size,
+        label_smoothing=cfg.label_smoothing,
+    )
     start = compose.prepare(cfg, config, task="at")
     data = compose.build_data(cfg, start)
     datasets = data[0]
@@ -84,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         compose.initialise_from(model, cfg)
     if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it
         model = model.to(memory_format=torch.channels_last)
-    task = build_task(cfg, model, datasets.num_classes).to(start.device)
+    task = build_task(cfg, model, datasets.num_classes, steps_per_epoch=len(data[1])).to(start.device)
     session = compose.open_session(start, entry="train_at")
     failed = True
     try:

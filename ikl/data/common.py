@@ -42,6 +42,10 @@ class Datasets:
     ``two_view``), ``label`` an int. ``mean``/``std`` are always the dataset statistics, whether
     or not the transforms apply them. ``crop_flip`` describes the train augmentation when it is
     a plain random crop/flip (``None``: no augmentation, or one the device loader cannot do).
+    ``train_batch_sampler`` (``None`` for plain shuffling) builds the train batch sampler that
+    :func:`ikl.data.build_loaders` uses instead: ``factory(batch_size=<global>, seed=, rank=,
+    world_size=)`` returning a batch sampler with ``set_epoch``, ``seed`` and ``rank`` (e.g. the
+    real + generated mixing of :class:`ikl.data.MixedBatchSampler`).
     """
 
     train: Dataset
@@ -52,6 +56,7 @@ class Datasets:
     normalized: bool
     crop_flip: CropFlip | None = None
     two_view: bool = False
+    train_batch_sampler: Callable[..., Any] | None = None
 
 
 class UInt8ImageDataset(Dataset):

@@ -117,14 +117,16 @@ def set_epoch(loader: DataLoader | Any, epoch: int) -> None:
     """Select epoch ``epoch``'s sample order and augmentation seeds; call it every epoch.
 
     For a train loader from :func:`build_loaders`: calls ``loader.sampler.set_epoch(epoch)``
-    (``DistributedSampler`` or :class:`EpochRandomSampler`) and reseeds the loader's generator,
+    (``DistributedSampler`` or :class:`EpochRandomSampler`; the batch sampler's when it has one,
+    e.g. :class:`ikl.data.MixedBatchSampler`) and reseeds the loader's generator,
     which seeds the workers, from (seed, rank, epoch). For a loader with its own ``set_epoch``
     (:class:`ikl.data.DeviceCIFARLoader`) it calls that.
     """
     if not isinstance(loader, DataLoader):
         loader.set_epoch(epoch)
         return
-    sampler = loader.sampler
+    batch_sampler = loader.batch_sampler
+    sampler = batch_sampler if hasattr(batch_sampler, "set_epoch") else loader.sampler
     if not hasattr(sampler, "set_epoch"):
         raise TypeError(f"{type(sampler).__name__} has no set_epoch; pass the train loader")
     sampler.set_epoch(epoch)
@@ -158,33 +160,42 @@ def build_loaders(
     Under ``world_size > 1`` each rank loads ``batch_size // world_size`` per step, the train
     set through ``DistributedSampler(shuffle=True, seed=seed)`` and the test set through
     :class:`ShardedEvalSampler` (each test sample exactly once overall). Single process: the
-    train set through :class:`EpochRandomSampler`. Call :func:`set_epoch` on the train loader
-    every epoch. ``drop_last`` applies to the train loader only.
+    train set through :class:`EpochRandomSampler`. When ``datasets.train_batch_sampler`` is set (real +
+    generated data), the train batches come from the batch sampler it builds for this rank instead
+    (its own epoch length and composition; ``drop_last`` does not apply). Call :func:`set_epoch` on
+    the train loader every epoch. ``drop_last`` applies to the train loader only.
     """
     train_bs = per_rank_batch(batch_size, world_size)
     test_bs = per_rank_batch(test_batch_size or batch_size, world_size, "test_batch_size")
+    common = {"num_workers": workers, "pin_memory": pin_memory, "worker_init_fn": seed_worker}
+    test = _test_loader(datasets, test_bs, seed, rank, world_size, common)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, rank, 0))
+    if datasets.train_batch_sampler is not None:
+        batches = datasets.train_batch_sampler(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+        return DataLoader(datasets.train, batch_sampler=batches, generator=generator, **common), test
     if world_size > 1:
         train_sampler: Sampler[int] = DistributedSampler(
             datasets.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
         )
-        test_sampler: Sampler[int] = ShardedEvalSampler(datasets.test, rank=rank, world_size=world_size)
     else:
         train_sampler = EpochRandomSampler(datasets.train, seed=seed)
-        test_sampler = SequentialSampler(datasets.test)
-    common = {"num_workers": workers, "pin_memory": pin_memory, "worker_init_fn": seed_worker}
     train = DataLoader(
-        datasets.train,
-        batch_size=train_bs,
-        sampler=train_sampler,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(epoch_seed(seed, rank, 0)),
-        **common,
+        datasets.train, batch_size=train_bs, sampler=train_sampler, drop_last=drop_last, generator=generator, **common
     )
-    test = DataLoader(
+    return train, test
+
+
+def _test_loader(
+    datasets: Datasets, test_bs: int, seed: int, rank: int, world_size: int, common: dict[str, Any]
+) -> DataLoader:
+    if world_size > 1:
+        test_sampler: Sampler[int] = ShardedEvalSampler(datasets.test, rank=rank, world_size=world_size)
+    else:
+        test_sampler = SequentialSampler(datasets.test)
+    return DataLoader(
         datasets.test,
         batch_size=test_bs,
         sampler=test_sampler,
         generator=torch.Generator().manual_seed(epoch_seed(seed, rank, 0, stream=1)),
         **common,
     )
-    return train, test

@@ -53,7 +53,16 @@ BOOL_KEYS = {
 REQUIRED_NUMBER_KEYS = {"lr", "momentum", "weight_decay", "ce_weight"}
 # String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
 # deep inside a constructor with a traceback, or not at all).
-CHOICES = {"budget": ("as_run", "as_described", "low"), "precision": ("fp32", "amp")}
+CHOICES = {
+    "budget": ("as_run", "as_described", "low", "fixed"),
+    "precision": ("fp32", "amp"),
+    # generated-data AT: the DM-AT recipe switches (ikl.tasks.at, ikl.data.generated)
+    "random_start": ("normal", "uniform"),
+    "model_mode": ("eval", "batch_stats"),
+    "objective": ("loss", "kl"),
+    "iter_schedule": ("constant", "dm_at"),
+    "sampling": ("with_replacement", "without_replacement"),
+}
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

@@ -171,7 +171,9 @@ def load_eval_model(
             "the run config": run_dataset.get("num_classes"),
         },
     )
-    _agree("datasets", {"dataset=": dataset, "the run config": run_dataset.get("name")})
+    # a run trained on extra (generated) data records the data set whose test split it is evaluated on
+    test_set = run_dataset.get("test_set", run_dataset.get("name"))
+    _agree("datasets", {"dataset=": dataset, "the run config": test_set})
     if classes is None:
         raise ConfigError("the number of classes is unknown; pass dataset=<name>")
     model = _build(name, int(classes))
@@ -187,7 +189,7 @@ def load_eval_model(
         num_classes=int(classes),
         layout=_layout(container, ours),
         run_dir=run_dir,
-        dataset=dataset or run_dataset.get("name"),
+        dataset=dataset or test_set,
         input_normalization=container.get("input_normalization") if ours else None,
         metadata={k: container[k] for k in ("epoch", "accuracy") if isinstance(container.get(k), (int, float))},
     )

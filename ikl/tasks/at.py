@@ -13,6 +13,26 @@ Follows ``DKLv1/Adv-training-dkl/train_dkl_cifar100.py`` (PAPER.md §1.4, §2):
    into both logits; the prior is fed the basic-view natural logits at τ;
 5. weight averaging: the epoch EMA of ``swa.py`` (decay 0.9 over epochs) and the iteration EMA
    (0.9996 from 3/4 of training), both online, both in the checkpoint.
+
+The generated-data rows were trained with DM-AT's code instead (``wzekai99/DM-Improves-AT``
+b390f25, ``gowal21uncovering/utils/watrain.py``, ``trades.py``; PAPER.md §2.2), whose switches are
+options here (``configs/recipe/at_cifar*_generated.yaml`` turns them on):
+
+* ``label_smoothing``: CE(z_nat, y) with label smoothing (DM-AT ``--ls 0.1``, ``SmoothCrossEntropyLoss``,
+  the same formula as ``F.cross_entropy(label_smoothing=)``);
+* ``budget="fixed"`` with ``attack_steps``/``attack_step_size`` (DM-AT: 10 steps of 2/255, no ε ramp),
+  ``attack_random_start="uniform"`` (x + U(−ε, ε), clamped), ``attack_mode="batch_stats"`` (the
+  adversary runs the model in train mode with BatchNorm on batch statistics, not updating them:
+  ``track_bn_stats(model, False)``), ``attack_objective="kl"`` (the TRADES KL adversary whatever the
+  training loss);
+* ``ema_iter_schedule="dm_at"``: the iteration EMA of ``ema_update(..., dynamic_decay=True)``: the
+  average follows the model until ``ema_iter_start`` of all steps (DM-AT: 2.5 %), then decays with
+  min(τ, (1 + δ)/(10 + δ)) after δ more steps (τ = ``ema_iter_decay``, DM-AT ``--tau 0.995``), over
+  the parameters only; BatchNorm statistics are the model's (DM-AT ``update_bn``);
+* ``bn_momentum_first_step=1.0``: BatchNorm momentum 1 for the first optimisation step (DM-AT sets it
+  "to make BN running mean and variance init same as Haiku"), the model's own momentum after;
+* ``bn_weight_decay=False``: no weight decay on BatchNorm weights and biases
+  (:meth:`AdversarialTask.optimizer_param_groups`; DM-AT ``group_weight``).
 """
 
 from __future__ import annotations
@@ -27,18 +47,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ikl.attacks import eval_mode, ikl_objective, pgd_linf, robust_counts, trades_objective
-from ikl.attacks.pgd import adversary_autocast
+from ikl.attacks import ikl_objective, pgd_linf, robust_counts, trades_objective
+from ikl.attacks.pgd import ATTACK_MODES, adversary_autocast
 from ikl.engine.distributed import all_reduce_sum, unwrap
+from ikl.errors import ConfigError
 from ikl.losses import IKLLoss
 from ikl.tasks.base import Task
 
-BUDGETS = ("as_run", "as_described", "low")
+BUDGETS = ("as_run", "as_described", "low", "fixed")
 ATTACK_PRECISIONS = ("fp32", "amp")
+RANDOM_STARTS = ("normal", "uniform")
+ATTACK_OBJECTIVES = ("loss", "kl")
+EMA_SCHEDULES = ("constant", "dm_at")
 
 
 def attack_schedule(
-    epoch: int, epochs: int, eps: float, *, budget: str = "as_run", ramp: bool = True
+    epoch: int,
+    epochs: int,
+    eps: float,
+    *,
+    budget: str = "as_run",
+    ramp: bool = True,
+    steps: int | None = None,
+    step_size: float | None = None,
 ) -> tuple[float, int, float]:
     """(ε_e, steps, step size) of epoch ``epoch`` (1-based) in the official AT scripts.
 
@@ -47,9 +78,14 @@ def attack_schedule(
       a chain of ``if`` statements, not ``elif`` (PAPER.md §0.3): 5 steps of ε_e/2 in every epoch;
     - ``as_described``: the staged schedule that chain was meant to be: 2 steps of ε_e up to 1/4 of
       training, 3 of 2ε_e/3 up to 1/2, 4 of ε_e/2 up to 3/4, then 5 of ε_e/2;
-    - ``low``: 2 steps of ε_e (official ``train_budget='low'``).
+    - ``low``: 2 steps of ε_e (official ``train_budget='low'``);
+    - ``fixed``: ``steps`` steps of ``step_size`` in every epoch (DM-AT: 10 of 2/255).
     """
     eps_e = eps * epoch / epochs if ramp else eps
+    if budget == "fixed":
+        if steps is None or step_size is None:
+            raise ValueError("attack budget 'fixed' needs attack steps and step_size")
+        return eps_e, steps, step_size
     if budget == "low":
         return eps_e, 2, eps_e
     if budget == "as_run":
@@ -63,16 +99,37 @@ def attack_schedule(
     return eps_e, 5, eps_e / 2
 
 
+def check_recipe(*, budget: str, steps: int | None, step_size: float | str | None, label_smoothing: float) -> None:
+    """The cross-field checks of the AT switches, as one ConfigError line (before a run starts)."""
+    if budget == "fixed" and (steps is None or step_size is None):
+        raise ConfigError("attack.budget=fixed needs attack.steps and attack.step_size (DM-AT: 10 and 2/255)")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+
+
 @torch.no_grad()
-def ema_update_(average: nn.Module, model: nn.Module, decay: float) -> None:
+def ema_update_(average: nn.Module, model: nn.Module, decay: float, *, buffers: str = "average") -> None:
     """average ← decay·average + (1−decay)·model over every state entry, BN buffers included
-    (as ``swa.py``); integer entries (``num_batches_tracked``) take the model's value."""
+    (as ``swa.py``); integer entries (``num_batches_tracked``) take the model's value.
+    ``buffers="copy"``: only parameters are averaged, buffers take the model's values (DM-AT)."""
     target = average.state_dict()
-    for key, value in unwrap(model).state_dict().items():
-        if value.is_floating_point():
+    model = unwrap(model)
+    params = {name for name, _ in model.named_parameters()} if buffers == "copy" else None
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and (params is None or key in params):
             target[key].mul_(decay).add_(value.detach(), alpha=1 - decay)
         else:
             target[key].copy_(value)
+
+
+def dm_at_ema_decay(step: int, warmup_steps: float, decay: float) -> float:
+    """DM-AT's EMA decay after optimisation step ``step`` (1-based): 0 before ``warmup_steps`` (the
+    average is the model), then min(decay, (1 + δ)/(10 + δ)) with δ = step − warmup_steps
+    (``watrain.py`` ``ema_update(..., dynamic_decay=True)``)."""
+    if step < warmup_steps:
+        return 0.0
+    delta = step - warmup_steps
+    return min(decay, (1.0 + delta) / (10.0 + delta))
 
 
 @torch.no_grad()
@@ -162,6 +219,9 @@ class AdversarialTask(Task):
     ``attack_precision`` is the training adversary's precision (config ``attack.precision``):
     ``"fp32"`` (default, the official code) or ``"amp"`` (its forwards/backwards under the trainer's
     autocast; see :meth:`attack`). Evaluation (:meth:`evaluate`, AutoAttack) is float32 either way.
+    The DM-AT switches (label smoothing through ``bn_weight_decay``) are described in the module
+    docstring; their defaults are the DKL code's behaviour. ``steps_per_epoch`` is needed by
+    ``ema_iter_schedule="dm_at"`` (its start is a fraction of all steps).
     """
 
     def __init__(
@@ -185,13 +245,46 @@ class AdversarialTask(Task):
         eval_steps: int = 10,
         eval_step_size: float = 2 / 255,
         eval_samples: int | None = 1000,
+        label_smoothing: float = 0.0,
+        attack_steps: int | None = None,
+        attack_step_size: float | None = None,
+        attack_random_start: str = "normal",
+        attack_mode: str = "eval",
+        attack_objective: str = "loss",
+        ema_iter_schedule: str = "constant",
+        steps_per_epoch: int | None = None,
+        bn_momentum_first_step: float | None = None,
+        bn_weight_decay: bool = True,
     ) -> None:
         super().__init__()
         if budget not in BUDGETS:
             raise ValueError(f"attack budget {budget!r} is not one of {BUDGETS}")
         if attack_precision not in ATTACK_PRECISIONS:
             raise ValueError(f"attack precision {attack_precision!r} is not one of {', '.join(ATTACK_PRECISIONS)}")
+        for value, choices, what in (
+            (attack_random_start, RANDOM_STARTS, "attack random_start"),
+            (attack_mode, tuple(ATTACK_MODES), "attack mode"),
+            (attack_objective, ATTACK_OBJECTIVES, "attack objective"),
+            (ema_iter_schedule, EMA_SCHEDULES, "ema iter_schedule"),
+        ):
+            if value not in choices:
+                raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}")
+        check_recipe(budget=budget, steps=attack_steps, step_size=attack_step_size, label_smoothing=label_smoothing)
+        if ema_iter_schedule == "dm_at" and ema_iter_decay is not None and not steps_per_epoch:
+            raise ValueError("ema iter_schedule 'dm_at' needs steps_per_epoch (its start is a fraction of all steps)")
         self.attack_precision = attack_precision
+        self.label_smoothing = label_smoothing
+        self.attack_steps, self.attack_step_size = attack_steps, attack_step_size
+        self.attack_random_start, self.attack_mode, self.attack_objective = (
+            attack_random_start,
+            attack_mode,
+            attack_objective,
+        )
+        self.ema_iter_schedule = ema_iter_schedule
+        self.bn_momentum_first_step = bn_momentum_first_step
+        self.bn_weight_decay = bn_weight_decay
+        self.steps_done = 0
+        self._bn_momenta: list[tuple[nn.Module, float | None]] = []
         self.model = model
         self.criterion = criterion
         self.epochs, self.eps, self.eps_ramp, self.budget = epochs, eps, eps_ramp, budget
@@ -199,7 +292,8 @@ class AdversarialTask(Task):
         self.aug_weight = aug_weight
         self.awp = WeightPerturbation(model, awp) if awp is not None and criterion is not None else None
         self.ema_epoch_decay, self.ema_iter_decay = ema_epoch_decay, ema_iter_decay
-        self.ema_iter_start_epoch = max(1, int(ema_iter_start * epochs))
+        self.ema_iter_start_epoch = max(1, int(ema_iter_start * epochs)) if ema_iter_schedule == "constant" else 1
+        self.ema_iter_warmup_steps = ema_iter_start * epochs * (steps_per_epoch or 0)
         self.ema_epoch = self._frozen_copy(model) if ema_epoch_decay is not None else None
         self.ema_iter = self._frozen_copy(model) if ema_iter_decay is not None else None
         self.eval_eps = eps if eval_eps is None else eval_eps
@@ -239,19 +333,35 @@ class AdversarialTask(Task):
         sign ∇_x, which bf16 may flip for near-zero components, so x_adv is close to, not equal to,
         the float32 one (a deviation from the official code; evaluation is never affected).
         """
-        eps, steps, step_size = attack_schedule(epoch, self.epochs, self.eps, budget=self.budget, ramp=self.eps_ramp)
+        eps, steps, step_size = attack_schedule(
+            epoch,
+            self.epochs,
+            self.eps,
+            budget=self.budget,
+            ramp=self.eps_ramp,
+            steps=self.attack_steps,
+            step_size=self.attack_step_size,
+        )
         model = unwrap(self.model)
         autocast = self.attack_precision == "amp"
-        with torch.no_grad(), eval_mode(model), adversary_autocast(x.device.type, autocast):
+        with torch.no_grad(), ATTACK_MODES[self.attack_mode](model), adversary_autocast(x.device.type, autocast):
             natural = model(x.float()).float()  # the objective works on float32 logits in either precision
-        if isinstance(self.criterion, IKLLoss):
+        if isinstance(self.criterion, IKLLoss) and self.attack_objective == "loss":
             objective = ikl_objective(
                 self.criterion, natural, y, wmse_weight=self.attack_wmse_weight, sce_weight=self.attack_sce_weight
             )
         else:
             objective = trades_objective(natural)
         return pgd_linf(
-            model, x, objective, eps=eps, step_size=step_size, steps=steps, random_start="normal", autocast=autocast
+            model,
+            x,
+            objective,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            random_start=self.attack_random_start,
+            autocast=autocast,
+            mode=self.attack_mode,
         )
 
     def forward(self, x: Tensor, y: Tensor, *, epoch: int) -> dict[str, Any]:
@@ -259,9 +369,11 @@ class AdversarialTask(Task):
         if x.dim() == 5:  # two views [B, 2, C, H, W]: basic views first, then augmented ones
             x = torch.cat([x[:, 0], x[:, 1]])
             y = torch.cat([y, y])
+        if self.training:
+            self._first_step_bn_momentum()
         if self.criterion is None:
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             return {"loss": loss, "loss_ce": loss.detach(), "logits": logits, "time_attack": 0.0}
         tic = time.perf_counter()
         x_adv = self.attack(x, y, epoch) if self.training else x
@@ -270,7 +382,7 @@ class AdversarialTask(Task):
             self.awp.perturb(self.model, lambda proxy: self._awp_loss(proxy, x, x_adv, y))
         adv_logits = self.model(x_adv)
         nat_logits = self.model(x)
-        loss_ce = F.cross_entropy(nat_logits.float(), y)
+        loss_ce = F.cross_entropy(nat_logits.float(), y, label_smoothing=self.label_smoothing)
         terms = self.robust_terms(adv_logits, nat_logits, y, basic)
         if self.training and hasattr(self.criterion, "observe"):
             self.criterion.observe(nat_logits[:basic].detach(), y[:basic])
@@ -280,7 +392,34 @@ class AdversarialTask(Task):
     def _awp_loss(self, proxy: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         """The official AWP objective: CE + the robust loss over the whole (two-view) batch."""
         nat, adv = proxy(x), proxy(x_adv)
-        return F.cross_entropy(nat.float(), y) + sum(self.criterion(adv, nat, y).values())
+        ce = F.cross_entropy(nat.float(), y, label_smoothing=self.label_smoothing)
+        return ce + sum(self.criterion(adv, nat, y).values())
+
+    def _first_step_bn_momentum(self) -> None:
+        """DM-AT: BatchNorm momentum ``bn_momentum_first_step`` for the very first step only."""
+        if self.bn_momentum_first_step is None or self.steps_done != 0 or self._bn_momenta:
+            return
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                self._bn_momenta.append((module, module.momentum))
+                module.momentum = self.bn_momentum_first_step
+
+    def optimizer_param_groups(self) -> list[Any]:
+        """The parameters for the optimizer; with ``bn_weight_decay=False`` BatchNorm weights and
+        biases form a second group with weight decay 0 (DM-AT ``group_weight``)."""
+        params = list(self.model.parameters())
+        if self.bn_weight_decay:
+            return params
+        norms = {
+            id(p)
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)
+        }
+        return [
+            {"params": [p for p in params if id(p) not in norms]},
+            {"params": [p for p in params if id(p) in norms], "weight_decay": 0.0},
+        ]
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_start(self, epoch: int) -> None:
@@ -289,7 +428,14 @@ class AdversarialTask(Task):
     def after_optimizer_step(self, step: int) -> None:
         if self.awp is not None:
             self.awp.restore()
-        if self.ema_iter is not None and self.epoch >= self.ema_iter_start_epoch:
+        self.steps_done = step + 1
+        for module, momentum in self._bn_momenta:
+            module.momentum = momentum
+        self._bn_momenta.clear()
+        if self.ema_iter is not None and self.ema_iter_schedule == "dm_at":
+            decay = dm_at_ema_decay(self.steps_done, self.ema_iter_warmup_steps, self.ema_iter_decay)
+            ema_update_(self.ema_iter, self.model, decay, buffers="copy")
+        elif self.ema_iter is not None and self.epoch >= self.ema_iter_start_epoch:
             if self.epoch == self.ema_iter_start_epoch:
                 copy_state_(self.ema_iter, self.model)  # official: follow the model during the start epoch
             else:
@@ -347,6 +493,7 @@ class AdversarialTask(Task):
             if module is not None:
                 state[name] = module.state_dict()
         state["epoch"] = self.epoch
+        state["steps_done"] = self.steps_done
         return state
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -356,3 +503,4 @@ class AdversarialTask(Task):
             if module is not None:
                 module.load_state_dict(state[name])
         self.epoch = int(state["epoch"])
+        self.steps_done = int(state.get("steps_done", 0))

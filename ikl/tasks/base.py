@@ -36,6 +36,11 @@ class Task(nn.Module):
     def after_optimizer_step(self, step: int) -> None:
         """Called after each optimizer step (EMA updates, AWP restore)."""
 
+    def optimizer_param_groups(self) -> Any:
+        """What the optimizer is built over: the model's parameters, or parameter groups (a task may
+        give some parameters their own weight decay)."""
+        return self.model.parameters()
+
     def evaluate(self, loader: DataLoader, device: torch.device, epoch: int) -> dict[str, float]:
         """Task-specific metrics beyond clean top-1/top-5 (e.g. PGD accuracy)."""
         return {}
