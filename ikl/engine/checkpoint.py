@@ -67,7 +67,14 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def _describe_bad_file(path: Path, exc: Exception) -> str:
-    head = path.read_bytes()[:64].lstrip().lower()
+    try:  # the first bytes only: a checkpoint may be gigabytes
+        with open(path, "rb") as handle:
+            head = handle.read(64).lstrip().lower()
+        size = path.stat().st_size
+    except OSError as err:
+        return f"cannot read {path}: {err.strerror or err}; check the path and its permissions"
+    if size == 0:
+        return f"{path} is empty (0 bytes: an interrupted download or copy?); re-download or re-create it"
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         return f"{path} is an HTML/XML page, not a checkpoint (a failed download?); download it again"
     if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc).lower():
@@ -76,9 +83,9 @@ def _describe_bad_file(path: Path, exc: Exception) -> str:
             "so unpickling it could run code; re-save it as a plain state_dict from a trusted source"
         )
     if isinstance(exc, (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError)):
-        first = str(exc).splitlines()[0].split(". ")[0][:120]
+        first = (str(exc).splitlines() or ["no details"])[0].split(". ")[0][:120]
         return f"{path} is damaged or truncated ({type(exc).__name__}: {first}); re-download or re-create it"
-    return f"could not load {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return f"could not load {path}: {type(exc).__name__}: {(str(exc).splitlines() or ['no details'])[0][:160]}"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
