@@ -1,10 +1,12 @@
 """Tests for ``ikl.models``: the factory contract, checkpoint-key parity with the reference zoos
-(golden files in ``tests/fixtures/model_keys``, dumped once from the reference model files), and
-the ``normalize`` option of the adversarial-training models."""
+(golden files in ``tests/fixtures/model_keys``, dumped once from the reference model files), the
+``normalize`` option of the adversarial-training models, and the DM WideResNet's logits against the
+reference definition (``tests/fixtures/dm_wide_resnet_logits.json``)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,15 @@ import torch
 import torchvision
 
 from ikl.models import AT_MODELS, CIFAR_KD_MODELS, IMAGENET_MODELS, create_model, list_models
+from ikl.models.dm_wide_resnet import DMWideResNet
 from ikl.models.wide_resnet import WideResNet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_keys"
 TORCHVISION_RESNETS = ("imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50")
 WITH_FIXTURE = [n for n in list_models() if n not in TORCHVISION_RESNETS]
 # forwards that take several seconds on 2 CPU cores
-HEAVY = {"wrn_34_20"}
+HEAVY = {"wrn_34_20", "wrn_34_20_swish", "wrn_70_16_swish"}
+SWISH = ("wrn_28_10_swish", "wrn_34_10_swish", "wrn_34_20_swish", "wrn_70_16_swish")
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -57,7 +61,7 @@ def test_list_models_is_the_zoo():
         *("MobileNetV2", "ShuffleV1", "ShuffleV2"),
     ]
     assert list(CIFAR_KD_MODELS) == expected_kd
-    assert set(AT_MODELS) == {"wrn_34_10", "wrn_28_10", "wrn_34_20", "preact_resnet18", "resnet18"}
+    assert set(AT_MODELS) == {"wrn_34_10", "wrn_28_10", "wrn_34_20", "preact_resnet18", "resnet18", *SWISH}
     assert set(IMAGENET_MODELS) == {*TORCHVISION_RESNETS, "imagenet_mobilenet_v1"}
     assert list_models() == [*CIFAR_KD_MODELS, *AT_MODELS, *IMAGENET_MODELS]
 
@@ -82,7 +86,7 @@ def test_state_dict_keys_and_shapes_match_reference(name):
     assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
 
 
-@pytest.mark.parametrize("name", WITH_FIXTURE)
+@pytest.mark.parametrize("name", _params(WITH_FIXTURE))
 def test_reference_shaped_state_dict_loads_strictly(name):
     ref = _fixture(name)
     # a distinct constant per entry, so a value landing under the wrong key would show
@@ -113,6 +117,10 @@ REFERENCE_PARAM_COUNTS = {
     "preact_resnet18": 11_218_340,
     "resnet18": 11_220_132,
     "imagenet_mobilenet_v1": 4_231_976,
+    "wrn_28_10_swish": 36_536_884,
+    "wrn_34_10_swish": 46_218_164,
+    "wrn_34_20_swish": 184_646_964,
+    "wrn_70_16_swish": 266_888_756,
 }
 
 
@@ -148,7 +156,7 @@ def test_construction_prints_nothing(capsys):
     assert capsys.readouterr() == ("", "")
 
 
-@pytest.mark.parametrize("name", AT_MODELS)
+@pytest.mark.parametrize("name", [n for n in AT_MODELS if n not in SWISH])
 def test_normalize_keeps_state_dict_keys(name):
     plain = _on_meta(name, 100)
     normed = _on_meta(name, 100, normalize=(CIFAR100_MEAN, CIFAR100_STD))
@@ -193,3 +201,119 @@ def test_normalize_rejects_bad_values():
         create_model("resnet18", 10, normalize=(CIFAR100_MEAN, (0.2, 0.0, 0.2)))
     with pytest.raises(ValueError, match="mean, std"):
         create_model("preact_resnet18", 10, normalize=(0.5,))
+
+
+# ---------------------------------------------------------------- the DM WideResNet (SiLU)
+DM_LOGITS = Path(__file__).parent / "fixtures" / "dm_wide_resnet_logits.json"
+
+
+def seeded_dm_state(items: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Deterministic float64 values for a state_dict with these (key, shape) entries, in this order:
+    He-scaled conv/linear weights, BN weights near 1, small biases and means, variances in [0.5, 1.5).
+
+    The fixture ``dm_wide_resnet_logits.json`` was made once, outside this repository, by loading
+    these values (this function, copied into the generating script) strictly into the reference
+    ``wideresnetwithswish('wrn-{depth}-{width}-swish', dataset, num_classes)`` of ``jiequancui/DKL``
+    (c5e8ad2) ``DKLv1/Adv-training-dkl/auto_attacks/models/wideresnetwithswish.py`` (byte-identical to
+    ``wzekai99/DM-Improves-AT`` b390f25 ``core/models/wideresnetwithswish.py``) in float64 and recording
+    its eval-mode logits, its train-mode logits and one BN's running statistics after that train-mode
+    forward, for the input ``torch.rand(4, 3, 32, 32, generator=manual_seed(1), dtype=float64)``.
+    The key fixtures ``model_keys/wrn_*_swish.json`` were dumped from the same file at full size and
+    checked to equal RobustBench's ``DMWideResNet`` (78fcc9e) keys and shapes.
+    """
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in items:
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(7, dtype=torch.long)
+            continue
+        if key.endswith("running_var"):
+            t = torch.rand(shape, generator=g, dtype=torch.float64) + 0.5
+        elif key.endswith("running_mean"):
+            t = 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            t = torch.randn(shape, generator=g, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
+        elif len(shape) == 2:
+            t = torch.randn(shape, generator=g, dtype=torch.float64) * math.sqrt(1.0 / shape[1])
+        elif key.endswith("weight"):
+            t = 1 + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        else:
+            t = 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        out[key] = t
+    return out
+
+
+def _dm_cases() -> list[dict]:
+    assert DM_LOGITS.is_file(), f"missing golden file {DM_LOGITS}"
+    return json.loads(DM_LOGITS.read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", _dm_cases(), ids=lambda c: f"wrn_{c['depth']}_{c['width']}_{c['dataset']}")
+def test_dm_wide_resnet_matches_reference_logits(case):
+    """A seeded small instance loads the reference layout strictly and gives the reference's logits in
+    eval mode and train mode, and updates BN running statistics with momentum 0.01."""
+    model = DMWideResNet(case["depth"], case["width"], case["num_classes"], normalize=case["dataset"]).double()
+    assert list(model.state_dict()) == case["keys"]
+    shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    model.load_state_dict(seeded_dm_state(shapes), strict=True)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        eval_logits = model.eval()(x)
+        train_logits = model.train()(x)
+    torch.testing.assert_close(eval_logits, torch.tensor(case["eval_logits"], dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(train_logits, torch.tensor(case["train_logits"], dtype=torch.float64), rtol=0, atol=1e-9)
+    state = model.state_dict()
+    for record in ("running_mean_after_train_forward", "running_var_after_train_forward"):
+        ref = case[record]
+        torch.testing.assert_close(
+            state[ref["key"]], torch.tensor(ref["value"], dtype=torch.float64), rtol=0, atol=1e-12
+        )
+
+
+def test_dm_wide_resnet_float32_load_gives_float64_reference_logits():
+    """The published checkpoints are float32: the same weights cast to float32 stay within float32
+    rounding of the reference logits (the model and its statistics work in the input's dtype)."""
+    case = _dm_cases()[0]
+    model = DMWideResNet(case["depth"], case["width"], case["num_classes"], normalize=case["dataset"])
+    shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    state = {k: v.float() if v.is_floating_point() else v for k, v in seeded_dm_state(shapes).items()}
+    model.load_state_dict(state, strict=True)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        logits = model.eval()(x.float())
+    torch.testing.assert_close(
+        logits.double(), torch.tensor(case["eval_logits"], dtype=torch.float64), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "normalize", "mean", "std"),
+    [
+        (100, None, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        (10, None, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+        (10, "cifar100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        (7, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    ],
+)
+def test_dm_wide_resnet_normalises_inside_with_the_reference_statistics(num_classes, normalize, mean, std):
+    model = create_model("wrn_28_10_swish", num_classes, normalize=normalize)
+    torch.testing.assert_close(model.input_norm.mean.flatten(), torch.tensor(mean))
+    torch.testing.assert_close(model.input_norm.std.flatten(), torch.tensor(std))
+    assert not any(k.startswith("input_norm") for k in model.state_dict()), "statistics are not checkpoint keys"
+
+
+def test_dm_wide_resnet_needs_a_normalisation_choice_for_other_class_counts():
+    with pytest.raises(ValueError) as info:
+        create_model("wrn_28_10_swish", 7)
+    assert "\n" not in str(info.value) and "normalize='cifar10'" in str(info.value)
+    with pytest.raises(ValueError, match="not one of"):
+        create_model("wrn_28_10_swish", 10, normalize="svhn")
+
+
+def test_dm_wide_resnet_bn_momentum_and_silu():
+    model = _on_meta("wrn_28_10_swish", 10)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 25 and all(m.momentum == 0.01 for m in bns)
+    assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())

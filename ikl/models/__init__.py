@@ -10,6 +10,11 @@
 * Adversarial training (32 x 32, inputs in [0, 1]): ``wrn_34_10``, ``wrn_28_10``, ``wrn_34_20``
   (TRADES/AWP WideResNet), ``resnet18`` (TRADES/AWP ResNet-18), ``preact_resnet18`` (AWP). They take
   ``normalize=(mean, std)`` (default ``None``); its buffers are not saved, so keys never change.
+* Generated-data adversarial training (32 x 32, inputs in [0, 1], standardised inside the model):
+  ``wrn_28_10_swish``, ``wrn_34_10_swish``, ``wrn_34_20_swish``, ``wrn_70_16_swish``, the
+  DeepMind/DM-AT WideResNet with SiLU (RobustBench ``DMWideResNet``; the DKL 20M/50M checkpoints and
+  RobustBench's ``Cui2023Decoupled_WRN-28-10`` are ``wrn_28_10_swish``). ``normalize`` is
+  ``"cifar10"``, ``"cifar100"``, ``(mean, std)`` or ``None`` (by class count, as the reference).
 * ImageNet (224 x 224): torchvision ResNet-18/34/50 and mdistiller's MobileNetV1.
 
 Each module's docstring names its source file and commit and lists every deviation.
@@ -23,6 +28,7 @@ from functools import partial
 from torch import nn
 
 from ikl.models.cifar_resnet import cifar_resnet
+from ikl.models.dm_wide_resnet import DMWideResNet
 from ikl.models.imagenet import MobileNetV1, imagenet_resnet
 from ikl.models.mobilenetv2 import mobilenetv2_half
 from ikl.models.preact_resnet import PreActResNet18
@@ -49,6 +55,7 @@ _AT: dict[str, Callable[..., nn.Module]] = {
     **{f"wrn_{d}_{k}": partial(WideResNet, d, k) for d, k in ((34, 10), (28, 10), (34, 20))},
     "preact_resnet18": PreActResNet18,
     "resnet18": resnet18_at,
+    **{f"wrn_{d}_{k}_swish": partial(DMWideResNet, d, k) for d, k in ((28, 10), (34, 10), (34, 20), (70, 16))},
 }
 _IMAGENET: dict[str, Callable[..., nn.Module]] = {
     **{f"imagenet_resnet{d}": partial(imagenet_resnet, d) for d in (18, 34, 50)},
@@ -69,7 +76,8 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs; ``kwargs`` go to its constructor.
 
-    AT models accept ``normalize=(mean, std)``; the WideResNets also ``drop_rate``.
+    AT models accept ``normalize=(mean, std)``; the TRADES WideResNets also ``drop_rate``; the
+    ``*_swish`` models ``normalize="cifar10"|"cifar100"|(mean, std)|None`` and ``activation``.
     Raises ``ValueError`` for an unknown name.
     """
     if name not in _MODELS:

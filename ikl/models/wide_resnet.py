@@ -17,7 +17,8 @@ Notes and differences:
 * TRADES' ``models/wideresnet.py`` also builds an unused ``sub_block1`` whose weights are in its
   checkpoints; drop ``sub_block*`` keys before a strict load (the DKL AutoAttack script does).
 * ``wrn_28_10`` here is the TRADES-style WRN. The paper's WRN-28-10 results with synthetic data use
-  the DeepMind/DM-AT "WRN-28-10-swish" (other keys, SiLU, normalises inside); that is not this model.
+  the DeepMind/DM-AT "WRN-28-10-swish" (other keys, SiLU, normalises inside): ``wrn_28_10_swish``
+  (:mod:`ikl.models.dm_wide_resnet`), not this model.
 * ``normalize=(mean, std)`` adds an :class:`~ikl.models.layers.InputNormalization` whose buffers
   are not saved, so checkpoint keys are unchanged. Default ``None``: no normalisation, as in AWP.
 """
