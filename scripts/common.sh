@@ -142,7 +142,7 @@ evaluate() {
     dirs+=("$1")
     shift
   done
-  local settings=("dataset=$dataset" n_ex=10000 version=standard batch_size=200)
+  local settings=("dataset=$dataset" n_ex=10000 version=standard batch_size=200 "results_dir=$OUT/eval_results")
   if [[ "$SMOKE" == 1 ]]; then settings=("${EVAL_SMOKE[@]}"); fi
   say "evaluating ${#dirs[@]} checkpoint(s): $evaluations"
   run "$PYTHON" eval_autoattack.py -m "checkpoint=$(join_by_comma "${dirs[@]}")" "evaluations=$evaluations" \

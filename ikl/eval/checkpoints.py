@@ -346,9 +346,8 @@ def load_eval_model(
     load_model_weights(model, state_dict, what=f"model {name}")
     for note in notes:
         log.warning("%s", note)
+    # a RobustBench entry's zoo model (like RobustBench's class) standardises inside: nothing to add
     normalization = container.get("input_normalization") if ours else _run_normalization(run_dataset)
-    if entry is not None and normalization is None:
-        normalization = entry.input_normalization
     source = ModelSource(
         file=file,
         sha256=sha256_file(file),

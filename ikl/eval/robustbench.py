@@ -3,8 +3,9 @@
 ``eval_autoattack.py checkpoint=robustbench:Cui2023Decoupled_WRN-34-10`` evaluates a RobustBench
 model-zoo entry with our evaluator and compares the result with the leaderboard. An id maps to
 
-* our zoo architecture that loads its published state dict strictly (``model``), and the input
-  normalisation its RobustBench class applies inside (the DeepMind ``DMWideResNet`` entries);
+* our zoo architecture that loads its published state dict strictly (``model``); the DeepMind
+  ``DMWideResNet`` entries are our ``wrn_<d>_<w>_swish``, which standardise their [0, 1] input inside
+  with the same CIFAR-10/100 constants as RobustBench's class (chosen by the number of classes);
 * its data set and threat model (CIFAR-10/100, L∞, ε = 8/255): the defaults of the evaluation unless
   ``dataset=``/``norm=``/``eps=`` are given (then stated, and not leaderboard-comparable);
 * the published clean and AutoAttack accuracy (percent), which the result JSON and log compare with.
@@ -28,8 +29,9 @@ wide_resnet.py``, ``resnet.py``, ``dm_wide_resnet.py``) next to ours, loading on
 into the other and comparing logits (all equal to within 1e-6); ``tests/fixtures/robustbench`` keeps
 the key layouts and a small instance's logits for the tests. ``WideResNet`` is our TRADES/AWP
 ``wrn_<d>_<k>``, ``ResNet18`` our ``resnet18``, ``PreActResNet(PreActBlockV2, bn_before_fc=True)``
-our ``preact_resnet18``, and ``DMWideResNet`` (depth 28, width 10, SiLU or the equivalent custom
-Swish) our ``wrn_28_10_swish``.
+our ``preact_resnet18``, and ``DMWideResNet`` (SiLU, or its custom ``Swish``: the same function, logits
+equal to 1e-6) of depth/width 28-10, 34-10, 34-20, 70-16 our ``wrn_<d>_<w>_swish``. Not here, for want
+of a zoo model: DMWideResNet 106-16, 94-16, 82-8, DMPreActResNet, WideResNet-34-15 and -70-16.
 
 Comparison. The leaderboard numbers are AutoAttack ``standard`` on the first 10,000 test images;
 a result is compared only when ours used the same protocol (``comparable_to_leaderboard``). The
@@ -41,6 +43,7 @@ own logs differ by up to 0.04 for the Cui2023Decoupled entries, PAPER.md §5.1).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +63,6 @@ N_EX = 10000  # the leaderboard's evaluation: the first 10,000 test images
 CLEAN_TOLERANCE_PP = 0.05
 AUTOATTACK_TOLERANCE_PP = 0.1
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-# The constants DMWideResNet normalises with (robustbench/model_zoo/architectures/dm_wide_resnet.py).
-DM_NORMALIZATION = {
-    "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616]},
-    "cifar100": {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]},
-}
 
 
 @dataclass(frozen=True)
@@ -88,11 +86,6 @@ class Entry:
     @property
     def reference(self) -> str:
         return f"{PREFIX}{self.dataset}/{self.threat_model}/{self.model_id}"
-
-    @property
-    def input_normalization(self) -> dict[str, list[float]] | None:
-        """The normalisation the RobustBench class applies inside (DMWideResNet), else None."""
-        return DM_NORMALIZATION[self.dataset] if self.architecture.startswith("DMWideResNet") else None
 
     @property
     def url(self) -> str:
@@ -157,6 +150,30 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             "WideResNet(depth=28, widen_factor=10, sub_block1=True)",
         ),
         (
+            "Gowal2020Uncovering_70_16",
+            "wrn_70_16_swish",
+            85.29,
+            57.2,
+            "1DVwKclibqzniE2Ss5_g6BY77ChG8QKzl",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
+            "Gowal2020Uncovering_70_16_extra",
+            "wrn_70_16_swish",
+            91.1,
+            65.88,
+            "1GxryYj_Or-VCDca0wgiFLz4ssXSZXQoJ",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
+            "Gowal2020Uncovering_34_20",
+            "wrn_34_20_swish",
+            85.64,
+            56.86,
+            "1YWvZO1u9_yNLFNC3JYd_TVkvrRSMER1O",
+            "DMWideResNet(depth=34, width=20, activation_fn=Swish)",
+        ),
+        (
             "Gowal2020Uncovering_28_10_extra",
             "wrn_28_10_swish",
             89.48,
@@ -198,12 +215,36 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             "DMWideResNet(depth=28, width=10, activation_fn=Swish)",
         ),
         (
+            "Rebuffi2021Fixing_70_16_cutmix_ddpm",
+            "wrn_70_16_swish",
+            88.54,
+            64.25,
+            "1-8CWRT-OFWyrz4T4s0I2mbFjPg8K_MUi",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
+            "Rebuffi2021Fixing_70_16_cutmix_extra",
+            "wrn_70_16_swish",
+            92.23,
+            66.58,
+            "1qKDTp6IJ1BUXZaRtbYuo_t0tuDl_4mLg",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
             "Sridhar2021Robust",
             "wrn_28_10",
             89.46,
             59.66,
             "1muDMpOyRlgJ7n2rhS2NpfFGp3rzjuIu0",
             "WideResNet(depth=28, widen_factor=10, sub_block1=True)",
+        ),
+        (
+            "Rade2021Helper_extra",
+            "wrn_34_10_swish",
+            91.47,
+            62.83,
+            "1GhAp-0C3ONRy9BxIe0J9vKc082vHvR7t",
+            "DMWideResNet(depth=34, width=10, activation_fn=Swish)",
         ),
         (
             "Rade2021Helper_ddpm",
@@ -221,6 +262,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             58.04,
             "1-3vgjTNfSq7LSMKuayEQ-jLflAP196dB",
             "WideResNet(depth=34, widen_factor=10, sub_block1=True)",
+        ),
+        (
+            "Gowal2021Improving_70_16_ddpm_100m",
+            "wrn_70_16_swish",
+            88.74,
+            66.11,
+            "10qBoDG_NomJBrRFeTsSwEcJF1GA-sjC4",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
         ),
         (
             "Gowal2021Improving_28_10_ddpm_100m",
@@ -270,6 +319,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             "16ChNkterCp17BXv-xxqpfedb4u2_CjjS",
             "DMWideResNet(depth=28, width=10, activation_fn=Swish)",
         ),
+        (
+            "Pang2022Robustness_WRN70_16",
+            "wrn_70_16_swish",
+            89.01,
+            63.35,
+            "1uQZYUuUiL9BzaQUeXLhjr_RhoyFRrHe3",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
         ("Addepalli2022Efficient_RN18", "resnet18", 85.71, 52.48, "1m5vhdzIUUKhDbsZdOG9z76Eyp6f4xe_f", "ResNet18()"),
         (
             "Addepalli2022Efficient_WRN_34_10",
@@ -286,6 +343,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             67.31,
             "1-6MYKJdECDVGaWjj6GgqvaT95BGKhUvI",
             "DMWideResNet(depth=28, width=10, activation_fn=nn.SiLU)",
+        ),
+        (
+            "Wang2023Better_WRN-70-16",
+            "wrn_70_16_swish",
+            93.25,
+            70.69,
+            "1-RF7ZSS-PAh6bfQcuqx4lh9bc9BUGnap",
+            "DMWideResNet(depth=70, width=16, activation_fn=nn.SiLU)",
         ),
         (
             "Xu2023Exploring_WRN-28-10",
@@ -330,6 +395,22 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
     ],
     "cifar100": [
         (
+            "Gowal2020Uncovering",
+            "wrn_70_16_swish",
+            60.86,
+            30.03,
+            "16I86x2Vv_HCRKROC86G4dQKgO3Po5mT3",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
+            "Gowal2020Uncovering_extra",
+            "wrn_70_16_swish",
+            69.15,
+            36.88,
+            "1LQBdwO2b391mg7VKcP6I0HIOpC6O83gn",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
             "Cui2020Learnable_34_20_LBGAT6",
             "wrn_34_20",
             62.55,
@@ -370,6 +451,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             "WideResNet(depth=34, widen_factor=10, sub_block1=True)",
         ),
         (
+            "Rebuffi2021Fixing_70_16_cutmix_ddpm",
+            "wrn_70_16_swish",
+            63.56,
+            34.64,
+            "1-GkVLo9QaRjCJl-by67xda1ySVhYxsLV",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
+        ),
+        (
             "Rebuffi2021Fixing_28_10_cutmix_ddpm",
             "wrn_28_10_swish",
             62.41,
@@ -408,6 +497,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             31.08,
             "1VDDM_j5M4b6sZpt1Nnhkr8FER3kjE33M",
             "DMWideResNet(depth=28, width=10, activation_fn=Swish)",
+        ),
+        (
+            "Pang2022Robustness_WRN70_16",
+            "wrn_70_16_swish",
+            65.56,
+            33.05,
+            "1F3kn8KIdBVls8QuTWc3BbB83htkQeVQD",
+            "DMWideResNet(depth=70, width=16, activation_fn=Swish)",
         ),
         (
             "Jia2022LAS-AT_34_10",
@@ -456,6 +553,14 @@ _TABLE: dict[str, list[tuple[str, str, float, float, str, str]]] = {
             38.83,
             "1-jOu3wKWyw0XnBCXDGR32xn8Bw9GTJgh",
             "DMWideResNet(depth=28, width=10, activation_fn=nn.SiLU)",
+        ),
+        (
+            "Wang2023Better_WRN-70-16",
+            "wrn_70_16_swish",
+            75.22,
+            42.67,
+            "1-yYcT73GP13c0y9HrgtpyB3NAfkGKgjY",
+            "DMWideResNet(depth=70, width=16, activation_fn=nn.SiLU)",
         ),
         (
             "Cui2023Decoupled_WRN-28-10",
@@ -527,8 +632,8 @@ def find_entry(checkpoint: str, dataset: str | None = None) -> Entry:
         raise ConfigError(f"checkpoint={checkpoint}: only RobustBench's {THREAT_MODEL} entries are here, not {threat}")
     matches = [e for e in ENTRIES if e.model_id == model_id]
     if not matches:
-        close = sorted({e.model_id for e in ENTRIES if e.model_id.lower().startswith(model_id.lower()[:6])})
-        hint = f" (similar: {', '.join(close[:4])})" if close else ""
+        close = difflib.get_close_matches(model_id, sorted({e.model_id for e in ENTRIES}), n=3, cutoff=0.6)
+        hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(
             f"checkpoint={checkpoint}: {model_id} is not among the {len({e.model_id for e in ENTRIES})} RobustBench "
             f"CIFAR L-inf ids our zoo can load{hint}; the list is ikl/eval/robustbench.py (ENTRIES)"
@@ -597,3 +702,29 @@ def compare_with_leaderboard(
         "not_compared_because": None if comparable else why_not,
         "source": SOURCE,
     }
+
+
+def summary_table(results: list[dict[str, Any]]) -> tuple[str, bool]:
+    """A markdown table of evaluation results that carry a ``leaderboard`` block (ours vs published),
+    and whether every one of them was compared and landed within the tolerances."""
+    lines = [
+        "| RobustBench id | data set | clean: ours / published (Δ pp) | AutoAttack: ours / published (Δ pp) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    passed = bool(results)
+    for result in results:
+        board = result["leaderboard"]
+        robust = result.get("robust_acc")
+        verdict = board["within_tolerance"]
+        passed = passed and verdict is True
+        text = {True: "within tolerance", False: "**OUTSIDE the tolerance**"}.get(
+            verdict, f"not compared ({board['not_compared_because']})"
+        )
+        robust_text = "n/a" if robust is None else f"{100 * robust:.2f} / {board['published_autoattack_acc_pct']:.2f}"
+        if board["delta_autoattack_pp"] is not None:
+            robust_text += f" ({board['delta_autoattack_pp']:+.2f})"
+        lines.append(
+            f"| {board['model_id']} | {board['dataset']} | {100 * result['clean_acc']:.2f} / "
+            f"{board['published_clean_acc_pct']:.2f} ({board['delta_clean_pp']:+.2f}) | {robust_text} | {text} |"
+        )
+    return "\n".join(lines), passed

@@ -222,10 +222,10 @@ def _prepare_model(model: nn.Module, norm: dict[str, list[float]] | None, device
 
 
 def _leaderboard(
-    spec: EvalSpec, aa: dict[str, Any], n_ex: int, test_size: int, entry: robustbench.Entry | None
+    spec: EvalSpec, aa: dict[str, Any] | None, n_ex: int, test_size: int, entry: robustbench.Entry | None
 ) -> tuple[bool, list[str]]:
     """Whether the AutoAttack number follows the leaderboard protocol, and every reason it does not."""
-    notes = [aa["note"]] if aa.get("note") else []
+    notes = ["AutoAttack was not run"] if aa is None else [aa["note"]] if aa.get("note") else []
     if spec.max_test_samples is not None:
         notes.append(
             f"dataset.builder.max_test_samples={spec.max_test_samples}: the test set itself is a subset "
@@ -243,7 +243,7 @@ def _leaderboard(
             notes.append(
                 f"dataset={spec.dataset}: {entry.model_id} is on the {entry.dataset} board, {LEADERBOARD_NOTE}"
             )
-    comparable = bool(aa["comparable_to_leaderboard"]) and not notes
+    comparable = aa is not None and bool(aa["comparable_to_leaderboard"]) and not notes
     return comparable, notes
 
 
@@ -316,7 +316,7 @@ def _summarize(
 ) -> dict[str, Any]:
     """The numbers: clean/AA accuracy, stages, re-verification, leaderboard comparability."""
     aa = results.get("autoattack")
-    comparable, notes = _leaderboard(spec, aa, n_ex, test_size, entry) if aa else (False, ["AutoAttack was not run"])
+    comparable, notes = _leaderboard(spec, aa, n_ex, test_size, entry)
     if aa and not aa["verification"]["passed"]:
         notes.insert(0, "RE-VERIFICATION FAILED: the adversarial examples do not reproduce this robust accuracy")
     return {
