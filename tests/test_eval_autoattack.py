@@ -635,7 +635,9 @@ def test_default_outputs_land_in_ignored_paths():
     assert EvalSpec(checkpoint="x", dataset="d", num_classes=1).results_dir == cfg.results_dir
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    for path in (f"{cfg.results_dir}/model.json", "outputs/eval_autoattack/model-12345678/tag/result.json"):
+    written = [f"{cfg.results_dir}/model.json", "outputs/eval_autoattack/model-12345678/tag/result.json"]
+    written.append(f"{cfg.robustbench.dir}/cifar100/Linf/Cui2023Decoupled_WRN-34-10.pt")  # RobustBench's cache
+    for path in written:
         ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path], check=False)
         assert ignored.returncode == 0, f"{path} would be tracked"
     assert not str(cfg.results_dir).startswith("results")
@@ -646,7 +648,7 @@ BAD_VALUES = [
     ("batch_size=0", "batch_size=0 must be a positive whole number"),
     ("batch_size=2.5", "batch_size=2.5 must be a positive whole number (not a fraction)"),
     ("batch_size=abc", "batch_size='abc' must be a positive whole number"),
-    ("batch_size=true", "batch_size=True must be a positive whole number"),
+    ("batch_size=true", "batch_size=true must be a positive whole number"),
     ("batch_size=null", "batch_size=null: a value is required, e.g. batch_size=200"),
     ("seed=abc", "seed='abc' must be a whole number >= 0"),
     ("seed=1.5", "seed=1.5 must be a whole number >= 0 (not a fraction)"),
@@ -669,7 +671,7 @@ BAD_VALUES = [
     ("name=a/b", "name='a/b' is a file name, not a path"),
     ("logger.mode=loud", "logger.mode='loud' is not one of offline, online, disabled"),
     ("input_normalization=imagenet", "input_normalization='imagenet' is not auto, none or"),
-    ("version=custom attacks=apgd-ce", "attacks='apgd-ce' must be a list of names"),
+    ("version=custom attacks=apgd-ce", "attacks='apgd-ce' must be a list of names, e.g. attacks=[apgd-ce,apgd-t]"),
 ]
 if not torch.cuda.is_available():
     BAD_VALUES.append(("device=cuda", "device=cuda but no CUDA device is visible"))

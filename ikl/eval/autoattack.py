@@ -232,6 +232,8 @@ def run_stage(
     if pending is None:
         pending = {"attack": attack, "indices": state.robust.nonzero().squeeze(1), "cursor": 0}
     indices, chunk = pending["indices"], batch_size * save_every
+    resumed_at = f", resumed after {pending['cursor']} of them" if pending["cursor"] else ""
+    log.info("running %s on the %d of %d examples still robust%s", attack, len(indices), len(y), resumed_at)
     with tqdm(total=len(indices), initial=pending["cursor"], desc=attack, leave=False, disable=None) as bar:
         while pending["cursor"] < len(indices):
             idx = indices[pending["cursor"] : pending["cursor"] + chunk]

@@ -32,8 +32,14 @@ EXAMPLES = {
     "evaluations": "evaluations=[autoattack]",
     "save_every": "save_every=5",
     "logger.mode": "logger.mode=offline",
+    "attacks": "attacks=[apgd-ce,apgd-t]",
 }
 POSITIVE = ("batch_size", "save_every")
+
+
+def _shown(value: Any) -> str:
+    """A value as it is typed on the command line: ``true``, ``'abc'``, ``2.5``."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _required(key: str, value: Any) -> Any:
@@ -47,7 +53,7 @@ def whole_number(key: str, value: Any, *, minimum: int) -> int:
     _required(key, value)
     what = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} must be {what}, e.g. {EXAMPLES[key]}")
+        raise ConfigError(f"{key}={_shown(value)} must be {what}, e.g. {EXAMPLES[key]}")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise ConfigError(f"{key}={value!r} must be {what} (not a fraction), e.g. {EXAMPLES[key]}")
     if value < minimum:

@@ -142,7 +142,7 @@ def take_examples(test_set: Dataset, n_ex: int, batch_size: int = 500) -> tuple[
     if n_ex <= 0:
         raise ConfigError(f"n_ex={n_ex} must be positive")
     if n_ex > len(test_set):
-        log.info("n_ex=%d: the test set has %d examples; evaluating all of them", n_ex, len(test_set))
+        log.info("evaluating all %d test examples", len(test_set))
     xs, ys, seen = [], [], 0
     for x, y in DataLoader(test_set, batch_size=batch_size, shuffle=False):
         xs.append(x[: n_ex - seen])
