@@ -728,3 +728,38 @@ def test_a_state_dict_that_fits_another_model_says_which(tmp_path):
     args = [f"checkpoint={tmp_path / 'bare.pt'}", "dataset=digits", "model=resnet14", "logger.mode=disabled"]
     line = _one_line(*cli("eval_autoattack.py", args))
     assert "does not fit model=resnet14 (10 classes)" in line and "look most like model=resnet8" in line, line
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"mean": [0.5] * 3, "std": [0.25] * 3}),
+        ("none", None),
+        ({"mean": [0.0] * 3, "std": [2.0] * 3}, {"mean": [0.0] * 3, "std": [2.0] * 3}),
+    ],
+)
+def test_input_normalization_can_be_overridden(tmp_path, monkeypatch, choice, expected):
+    """auto: the checkpoint's own; none: the model sees [0, 1] inputs; {mean, std}: that one."""
+    run, _, _ = _run_dir(tmp_path, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    spec = EvalSpec(
+        checkpoint=str(run),
+        dataset="digits",
+        num_classes=10,
+        n_ex=4,
+        batch_size=4,
+        evaluations=["pgd1"],
+        input_normalization=choice,
+        output_dir=str(tmp_path / "out"),
+        results_dir=None,
+        logger_mode="disabled",
+    )
+    seen = []
+    original = runner_module.NormalizedModel
+
+    def spy(model, mean, std):
+        seen.append({"mean": list(mean), "std": list(std)})
+        return original(model, mean, std)
+
+    monkeypatch.setattr(runner_module, "NormalizedModel", spy)
+    result = evaluate(spec, _labelled_test_set(run, n=4))
+    assert result["input_normalization"] == expected and seen == ([expected] if expected else [])

@@ -245,3 +245,15 @@ def test_verify_script_smoke(tmp_path):
     assert (tmp_path / "rb_models" / "cifar10" / "Linf" / "Addepalli2022Efficient_RN18.pt").is_file()
     summary = (tmp_path / "robustbench" / "summary.md").read_text()
     assert "| Addepalli2022Efficient_RN18 | cifar10 |" in summary and "not compared (AutoAttack was not run" in summary
+
+
+def test_a_dm_state_dict_for_another_model_is_one_line_naming_it(tmp_path):
+    """Through the command line: DMWideResNet keys given to the TRADES WRN say what they are."""
+    small = SMALL[next(k for k in SMALL if "CIFAR10_STD" in k)]["state_dict"]
+    torch.save(seeded_state([(k, s) for k, s in small]), tmp_path / "dm.pt")
+    args = [f"checkpoint={tmp_path / 'dm.pt'}", "model=wrn_28_10", "dataset=digits", "logger.mode=disabled"]
+    code, stderr = cli("eval_autoattack.py", args)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr[-2000:]
+    assert "does not fit model=wrn_28_10 (10 classes)" in lines[0]
+    assert "its keys are RobustBench's DMWideResNet-10-2 (the DeepMind/DM-AT WideResNet" in lines[0]
