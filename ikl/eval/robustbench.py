@@ -1,7 +1,7 @@
 """RobustBench models as evaluation targets: ``checkpoint=robustbench:<model id>``.
 
-``eval_autoattack.py checkpoint=robustbench:Cui2023Decoupled_WRN-34-10`` evaluates a RobustBench
-model-zoo entry with our evaluator and compares the result with the leaderboard. An id maps to
+``eval_autoattack.py checkpoint=robustbench:cifar100/Cui2023Decoupled_WRN-34-10`` (or
+``robustbench:<model id>`` for an id on one board only) evaluates a RobustBench model-zoo entry with our evaluator and compares the result with the leaderboard. An id maps to
 
 * our zoo architecture that loads its published state dict strictly (``model``); the DeepMind
   ``DMWideResNet`` entries are our ``wrn_<d>_<w>_swish``, which standardise their [0, 1] input inside
@@ -15,7 +15,8 @@ The weights come from RobustBench's own cache layout, ``<robustbench.dir>/<datas
 reads no environment variable), or from ``robustbench.file=<path>``. Nothing is downloaded: a missing
 file is one line that says where to put it and the command that fetches it (RobustBench hosts the
 files on Google Drive and downloads them with ``gdown``). The files load as RobustBench loads them
-(``state_dict`` key or bare, ``module.`` prefixes removed; TRADES' unused ``sub_block1`` dropped),
+(``state_dict`` key or bare, ``module.`` and ``model.`` prefixes removed; TRADES' unused
+``sub_block1`` dropped),
 always with ``weights_only=True``. The ``robustbench`` package is not needed.
 
 Which ids are here. Every L∞ CIFAR entry of RobustBench's model zoo (``SOURCE``) whose architecture
@@ -614,7 +615,7 @@ def _parse(checkpoint: str) -> tuple[str | None, str | None, str]:
     if not parts[-1] or len(parts) > 3:
         raise ConfigError(
             f"checkpoint={checkpoint} is not a RobustBench reference; write checkpoint=robustbench:<model id> "
-            "(or robustbench:<dataset>/<model id>), e.g. robustbench:Cui2023Decoupled_WRN-34-10"
+            "(or robustbench:<dataset>/<model id>), e.g. robustbench:cifar100/Cui2023Decoupled_WRN-34-10"
         )
     dataset = parts[0] if len(parts) >= 2 else None
     threat = parts[1] if len(parts) == 3 else None
