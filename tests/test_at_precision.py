@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ikl.cli import train_at
 from ikl.attacks import ce_objective, pgd_linf, robust_counts
+from ikl.cli import train_at
 from ikl.errors import ConfigError
 from ikl.losses import IKLLoss
 from ikl.models import create_model

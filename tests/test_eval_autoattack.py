@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,8 +17,9 @@ from pyautoattack import AutoAttack
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ikl.cli import eval_autoattack
 import ikl.eval.autoattack as aa_module
+import ikl.eval.runner as runner_module
+from ikl.cli import eval_autoattack
 from ikl.engine.checkpoint import save_checkpoint
 from ikl.errors import CheckpointError, ConfigError
 from ikl.eval import (
@@ -30,8 +35,10 @@ from ikl.eval import (
     run_autoattack,
     verify_adversarial,
 )
+from ikl.eval.autoattack import fraction, predict
 from ikl.models import create_model
-from tests.runutils import compose_config, run_entry
+from tests.reliability.helpers import cli
+from tests.runutils import ROOT, compose_config, run_entry
 
 EPS = 8 / 255
 RESULT_FIELDS = {
@@ -241,8 +248,10 @@ def test_run_directory_picks_ema_then_named_weights(tmp_path):
     assert _same_weights(model, last)
     with pytest.raises(CheckpointError, match="no checkpoints/best.pt"):
         load_eval_model(run, weights="best")
-    with pytest.raises(ConfigError, match="conflicting datasets"):
-        load_eval_model(run, dataset="cifar10", num_classes=10)
+    with pytest.raises(
+        ConfigError, match="conflicting numbers of classes: the dataset says 100, the checkpoint says 10"
+    ):
+        load_eval_model(run, num_classes=100)
 
 
 def test_missing_and_damaged_checkpoints_are_one_line_errors(tmp_path):
@@ -435,10 +444,13 @@ def test_evaluate_writes_complete_json_from_a_run_dir(tmp_path, fast_aa):
 
 
 def test_config_composes_and_refuses_bad_eps_before_loading(tmp_path):
-    cfg = compose_config("eval_autoattack", ["checkpoint=/nonexistent.pt", "dataset=digits", "model=wrn_34_10"])
+    overrides = [f"checkpoint={tmp_path / 'weights.pt'}", "dataset=digits", "model=wrn_34_10"]
+    (tmp_path / "weights.pt").write_bytes(b"")  # never opened: the data set is given, the model is given
+    cfg = compose_config("eval_autoattack", overrides)
     assert cfg.eps == "8/255" and cfg.model.name == "wrn_34_10" and cfg.evaluations == ["autoattack"]
-    spec = eval_autoattack.spec_from_config(cfg)
-    assert spec.model == "wrn_34_10" and spec.num_classes == 10
+    spec, section = eval_autoattack.spec_from_config(cfg, overrides)
+    assert spec.model == "wrn_34_10" and spec.num_classes == 10 and section["name"] == "digits"
+    assert spec.provenance == {"dataset": "dataset="} and spec.results_dir == "outputs/eval_autoattack/results"
     with pytest.raises(ConfigError, match="is not 8/255"):
         eval_autoattack.run(compose_config("eval_autoattack", ["checkpoint=/nonexistent.pt", "eps=0.031"]))
     with pytest.raises(ConfigError, match="checkpoint is required"):
@@ -476,3 +488,278 @@ def test_entry_point_bad_checkpoint_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ the real command line (in-process)
+def labelled_datasets(*, checkpoint: str, n: int = 16, wrong: int = 4, max_test_samples=None, **_: object):
+    """A dataset builder for run configs: random 32x32 images that the resnet8 in ``checkpoint`` gets right
+    except the first ``wrong`` (so AutoAttack has points to attack). Same contract as ikl.data builders."""
+    from types import SimpleNamespace
+
+    model, _ = load_eval_model(checkpoint, num_classes=10)
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % 10
+    if max_test_samples is not None:
+        x, y = x[:max_test_samples], y[:max_test_samples]
+    return SimpleNamespace(test=TensorDataset(x, y))
+
+
+def _cli_run_dir(tmp_path: Path, *, dataset_name: str = "labelled", builder: dict | None = None, model="resnet8"):
+    """A run directory as train_at.py writes it: config.yaml with a full dataset section, our last.pt."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    state = create_model(model, 10).state_dict()
+    weights = run / "checkpoints" / "last.pt"
+    meta = {"format": "ikl-checkpoint", "model_name": model, "num_classes": 10, "input_normalization": None}
+    save_checkpoint({**meta, "model": state}, weights)
+    builder = builder or {"_target_": "tests.test_eval_autoattack.labelled_datasets", "checkpoint": str(weights)}
+    config = {"model": {"name": model}, "dataset": {"name": dataset_name, "num_classes": 10, "builder": builder}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+QUICK = ["n_ex=16", "batch_size=8", "version=custom", "attacks=[apgd-ce]", "logger.mode=disabled", "device=cpu"]
+
+
+def _one_line(code: int, stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, (code, stderr[-2000:])
+    return lines[0]
+
+
+def test_run_dir_gives_the_data_set_and_model(tmp_path, fast_aa):
+    """No dataset=/model= on the command line: both come from the run's config.yaml (the eval config's
+    default dataset=cifar10 used to win and was refused as a conflict)."""
+    run = _cli_run_dir(tmp_path)
+    code, stderr = cli("eval_autoattack.py", [f"checkpoint={run}", *QUICK, f"results_dir={tmp_path / 'res'}"])
+    assert code == 0, stderr[-3000:]
+    (out,) = (run / "eval_autoattack").iterdir()
+    result = json.loads((out / "result.json").read_text())
+    assert result["dataset"] == "labelled" and result["model"] == "resnet8" and result["n_ex"] == 16
+    assert result["provenance"] == {"dataset": "the run config", "model": "the checkpoint"}
+    assert result["clean_acc"] == 12 / 16 and result["overrides_stated"] == []
+    assert result["config"]["dataset"]["builder"]["_target_"] == "tests.test_eval_autoattack.labelled_datasets"
+
+
+def test_explicit_choices_win_and_are_stated(tmp_path, fast_aa):
+    """dataset=/model= given although the run says otherwise: used, and said in the log and the JSON."""
+    run = _cli_run_dir(tmp_path, dataset_name="digits_v1", model="resnet18")
+    args = [f"checkpoint={run}", "dataset=digits", "model=ResNet18", "n_ex=4", "batch_size=4", "evaluations=[pgd1]"]
+    code, stderr = cli("eval_autoattack.py", [*args, "logger.mode=disabled", "device=cpu", "results_dir=null"])
+    assert code == 0, stderr[-3000:]
+    (out,) = (run / "eval_autoattack").iterdir()
+    result = json.loads((out / "result.json").read_text())
+    assert result["dataset"] == "digits" and result["model"] == "ResNet18"  # same keys as resnet18: it loads
+    assert result["provenance"] == {"dataset": "dataset=", "model": "model="}
+    stated = result["overrides_stated"]
+    assert "dataset=digits was given although the run config says digits_v1" in stated
+    assert "model=ResNet18 was given although the checkpoint says resnet18" in stated
+    log_text = (out / "eval.log").read_text()
+    assert all(f"stated: {note}" in log_text for note in stated)
+
+
+def test_dataset_values_given_apply_on_top_of_the_run_data_set(tmp_path, fast_aa):
+    run = _cli_run_dir(tmp_path)
+    args = [f"checkpoint={run}", "+dataset.builder.wrong=8", *QUICK, "results_dir=null"]
+    code, stderr = cli("eval_autoattack.py", args)
+    assert code == 0, stderr[-3000:]
+    (out,) = (run / "eval_autoattack").iterdir()
+    assert json.loads((out / "result.json").read_text())["clean_acc"] == 8 / 16
+
+
+def _fake_standard_autoattack(model, x, y, **kwargs):
+    """What run_autoattack returns for version=standard (comparable by itself), without the attacks."""
+    robust = predict(model, x, batch_size=len(x), device="cpu") == y
+    verification = {"passed": True}
+    stages = {"clean": fraction(robust), **dict.fromkeys(["apgd-ce", "apgd-t", "fab-t", "square"], fraction(robust))}
+    return {
+        "robust_acc": fraction(robust),
+        "robust_acc_by_stage": stages,
+        "attacks": list(stages)[1:],
+        "comparable_to_leaderboard": True,
+        "note": None,
+        "verification": verification,
+        "x_adv": x.clone(),
+        "robust_mask": robust,
+    }
+
+
+@pytest.mark.parametrize(("subset", "comparable"), [(None, True), (16, False)])
+def test_a_cut_down_test_set_is_not_leaderboard_comparable(tmp_path, monkeypatch, subset, comparable):
+    """dataset.builder.max_test_samples=16 with n_ex=10000: all 16 examples of the cut-down set are
+    evaluated, which used to count as the full split (n_ex was compared with the subsetted set)."""
+    monkeypatch.setattr(runner_module, "run_autoattack", _fake_standard_autoattack)
+    run = _cli_run_dir(tmp_path)
+    extra = [] if subset is None else [f"dataset.builder.max_test_samples={subset}"]
+    code, stderr = cli("eval_autoattack.py", [f"checkpoint={run}", "logger.mode=disabled", "results_dir=null", *extra])
+    assert code == 0, stderr[-3000:]
+    (out,) = (run / "eval_autoattack").iterdir()
+    result = json.loads((out / "result.json").read_text())
+    assert result["version"] == "standard" and result["n_ex"] == 16
+    assert result["comparable_to_leaderboard"] is comparable
+    if not comparable:
+        assert "dataset.builder.max_test_samples=16: the test set itself is a subset" in result["note"]
+
+
+def test_log_counts_are_over_all_examples(tmp_path, caplog, fast_aa):
+    """Every accuracy in eval.log is k/N over the N evaluated examples and equals the JSON; pyautoattack's
+    per-chunk lines ("initial accuracy: 100.00%", re-based on the still-robust points) never appear."""
+    run = _cli_run_dir(tmp_path)
+    args = [f"checkpoint={run}", *QUICK[1:], "n_ex=16", "save_every=1", "results_dir=null"]
+    code, stderr = cli("eval_autoattack.py", [*args, "version=custom", "attacks=[apgd-ce,apgd-t]"])
+    assert code == 0, stderr[-3000:]
+    (out,) = (run / "eval_autoattack").iterdir()
+    result = json.loads((out / "result.json").read_text())
+    lines = [line for line in (out / "eval.log").read_text().splitlines() if "accuracy" in line]
+    assert not [line for line in lines if "auto-attack" in line.split(" INFO ")[0] or "initial accuracy" in line]
+    shares = {}
+    for line in lines:
+        match = re.search(r"(clean accuracy|after [A-Z-]+|robust accuracy) ?:? ([\d.]+)% \((\d+)/(\d+)\)", line)
+        assert match, f"an accuracy without its count over all examples: {line}"
+        assert int(match.group(4)) == 16 and float(match.group(2)) == pytest.approx(100 * int(match.group(3)) / 16)
+        shares[match.group(1)] = int(match.group(3)) / 16
+    assert shares["clean accuracy"] == result["clean_acc"] == 12 / 16
+    assert shares["after APGD-T"] == result["robust_acc"] and shares["after APGD-CE"] >= result["robust_acc"]
+    model, x, y = _aa_problem()
+    with caplog.at_level(logging.DEBUG):
+        run_autoattack(model, x, y, eps=EPS, version="custom", attacks=["apgd-ce"], batch_size=8)
+    assert not [r for r in caplog.records if r.name == "auto-attack" and r.levelno < logging.WARNING]
+
+
+def test_default_outputs_land_in_ignored_paths():
+    """results_dir's default is a runtime folder that git ignores, never the tracked results/."""
+    cfg = compose_config("eval_autoattack", ["checkpoint=x.pt"])
+    assert EvalSpec(checkpoint="x", dataset="d", num_classes=1).results_dir == cfg.results_dir
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = [f"{cfg.results_dir}/model.json", "outputs/eval_autoattack/model-12345678/tag/result.json"]
+    written.append(f"{cfg.robustbench.dir}/cifar100/Linf/Cui2023Decoupled_WRN-34-10.pt")  # RobustBench's cache
+    for path in written:
+        ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path], check=False)
+        assert ignored.returncode == 0, f"{path} would be tracked"
+    assert not str(cfg.results_dir).startswith("results")
+
+
+# --------------------------------------------------------------------- bad values: one line, exit 2
+BAD_VALUES = [
+    ("batch_size=0", "batch_size=0 must be a positive whole number"),
+    ("batch_size=2.5", "batch_size=2.5 must be a positive whole number (not a fraction)"),
+    ("batch_size=abc", "batch_size='abc' must be a positive whole number"),
+    ("batch_size=true", "batch_size=true must be a positive whole number"),
+    ("batch_size=null", "batch_size=null: a value is required, e.g. batch_size=200"),
+    ("seed=abc", "seed='abc' must be a whole number >= 0"),
+    ("seed=1.5", "seed=1.5 must be a whole number >= 0 (not a fraction)"),
+    ("seed=-1", "seed=-1 must be a whole number >= 0"),
+    ("seed=null", "seed=null: a value is required, e.g. seed=0"),
+    ("save_every=0", "save_every=0 must be a positive whole number"),
+    ("n_ex=-1", "n_ex=-1 must be positive"),
+    ("n_ex=0", "n_ex=0 must be positive"),
+    ("n_ex=1e3.5", "n_ex='1e3.5' must be a positive whole number"),
+    ("n_ex=null", "n_ex=null: a value is required, e.g. n_ex=10000"),
+    ("eps=null", "eps=null: a value is required, e.g. eps=8/255"),
+    ("norm=null", "norm=null: a value is required, e.g. norm=Linf"),
+    ("version=null", "version=null: a value is required, e.g. version=standard"),
+    ("evaluations=null", "evaluations=null: a value is required, e.g. evaluations=[autoattack]"),
+    ("evaluations=[]", "evaluations is empty"),
+    ("device=null", "device=null: a value is required, e.g. device=auto"),
+    ("device=gpu", "device='gpu' is not a device"),
+    ("checkpoint=null", "checkpoint is required"),
+    ("allow_inexact_eps=maybe", "allow_inexact_eps='maybe' must be true or false"),
+    ("name=a/b", "name='a/b' is a file name, not a path"),
+    ("logger.mode=loud", "logger.mode='loud' is not one of offline, online, disabled"),
+    ("input_normalization=imagenet", "input_normalization='imagenet' is not auto, none or"),
+    ("version=custom attacks=apgd-ce", "attacks='apgd-ce' must be a list of names, e.g. attacks=[apgd-ce,apgd-t]"),
+]
+if not torch.cuda.is_available():
+    BAD_VALUES.append(("device=cuda", "device=cuda but no CUDA device is visible"))
+
+
+@pytest.mark.parametrize(("override", "expected"), BAD_VALUES, ids=[case for case, _ in BAD_VALUES])
+def test_bad_values_are_one_line_before_anything_is_loaded(tmp_path, override, expected):
+    """The checkpoint does not exist and the data set is not there: the value is named first."""
+    args = [f"checkpoint={tmp_path / 'never-opened.pt'}", "dataset=cifar100", f"dataset.builder.root={tmp_path}"]
+    args += [f"output_dir={tmp_path / 'out'}", "logger.mode=disabled", *override.split()]
+    line = _one_line(*cli("eval_autoattack.py", args))
+    assert line == f"eval_autoattack: {line.split(': ', 1)[1]}" and expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def _zero_byte(tmp_path: Path) -> Path:
+    (tmp_path / "empty.pt").write_bytes(b"")
+    return tmp_path / "empty.pt"
+
+
+def _plain_dir(tmp_path: Path) -> Path:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.pt").write_bytes(b"x")
+    return tmp_path / "weights"
+
+
+def _run_dir_without_weights(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: {name: resnet8}\n")
+    return tmp_path / "run"
+
+
+BAD_CHECKPOINTS = {
+    "zero-byte file": (_zero_byte, "is empty (0 bytes: an interrupted download or copy?); re-download or re-create it"),
+    "directory, not a run dir": (
+        _plain_dir,
+        "is a directory but not a run directory (a run directory holds config.yaml and checkpoints/<name>.pt)",
+    ),
+    "run dir without checkpoints": (_run_dir_without_weights, "no checkpoints/ema_epoch or last.pt in run directory"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CHECKPOINTS)
+def test_bad_checkpoints_are_one_line(tmp_path, case):
+    make, expected = BAD_CHECKPOINTS[case]
+    args = [f"checkpoint={make(tmp_path)}", "dataset=digits", "model=resnet8", f"output_dir={tmp_path / 'out'}"]
+    line = _one_line(*cli("eval_autoattack.py", [*args, "logger.mode=disabled"]))
+    assert expected in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_state_dict_that_fits_another_model_says_which(tmp_path):
+    torch.save(_resnet8_state(), tmp_path / "bare.pt")
+    args = [f"checkpoint={tmp_path / 'bare.pt'}", "dataset=digits", "model=resnet14", "logger.mode=disabled"]
+    line = _one_line(*cli("eval_autoattack.py", args))
+    assert "does not fit model=resnet14 (10 classes)" in line and "look most like model=resnet8" in line, line
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", {"mean": [0.5] * 3, "std": [0.25] * 3}),
+        ("none", None),
+        ({"mean": [0.0] * 3, "std": [2.0] * 3}, {"mean": [0.0] * 3, "std": [2.0] * 3}),
+    ],
+)
+def test_input_normalization_can_be_overridden(tmp_path, monkeypatch, choice, expected):
+    """auto: the checkpoint's own; none: the model sees [0, 1] inputs; {mean, std}: that one."""
+    run, _, _ = _run_dir(tmp_path, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    spec = EvalSpec(
+        checkpoint=str(run),
+        dataset="digits",
+        num_classes=10,
+        n_ex=4,
+        batch_size=4,
+        evaluations=["pgd1"],
+        input_normalization=choice,
+        output_dir=str(tmp_path / "out"),
+        results_dir=None,
+        logger_mode="disabled",
+    )
+    seen = []
+    original = runner_module.NormalizedModel
+
+    def spy(model, mean, std):
+        seen.append({"mean": list(mean), "std": list(std)})
+        return original(model, mean, std)
+
+    monkeypatch.setattr(runner_module, "NormalizedModel", spy)
+    result = evaluate(spec, _labelled_test_set(run, n=4))
+    assert result["input_normalization"] == expected and seen == ([expected] if expected else [])

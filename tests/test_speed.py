@@ -17,8 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from ikl.cli import compose
-from ikl.cli import train_kd
+from ikl.cli import compose, train_kd
 from ikl.data import DeviceCIFARLoader, set_epoch
 from ikl.engine.distributed import DistInfo
 from ikl.losses import IKLLoss

@@ -13,7 +13,8 @@ the model runs in eval mode (each module's previous mode is restored afterwards)
 float32 with autocast disabled whatever the caller's autocast state, as the official code's float32
 adversary. ``pgd_linf(..., autocast=True)`` instead runs the model's forward and backward under the
 caller's autocast (the IKL-AT training adversary's ``attack.precision=amp``); the objective, the iterate,
-the ε-projection and the result stay float32 either way. Evaluation never passes ``autocast=True``.
+the ε-projection and the result stay float32 either way (at least float32: a float64 model and input
+stay float64 throughout, objectives included). Evaluation never passes ``autocast=True``.
 
 An objective is a callable ``objective(adv_logits) -> scalar`` built by one of the factories below.
 Sign-gradient ascent is invariant to a positive rescaling of the objective, so sum and mean
@@ -80,18 +81,23 @@ def adversary_autocast(device_type: str, autocast: bool) -> AbstractContextManag
     return nullcontext() if autocast else torch.autocast(device_type, enabled=False)
 
 
+def at_least_float32(logits: Tensor) -> Tensor:
+    """``logits`` in float32 when they are in a reduced precision (bf16/fp16); float64 stays float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def float32_objective(objective: Objective, logits: Tensor) -> Tensor:
     """``objective`` on float32 logits with autocast off, so a reduced-precision forward only changes
     the logits, never the loss arithmetic (float64 logits stay float64)."""
     with torch.autocast(logits.device.type, enabled=False):
-        return objective(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+        return objective(at_least_float32(logits))
 
 
 def ce_objective(labels: Tensor) -> Objective:
     """Cross-entropy to the true labels, summed over the batch (PGD of Madry et al.; TRADES eval)."""
 
     def objective(logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), labels, reduction="sum")
+        return F.cross_entropy(at_least_float32(logits), labels, reduction="sum")
 
     return objective
 
@@ -106,7 +112,7 @@ def cw_objective(labels: Tensor, kappa: float = 0.0) -> Objective:
     """
 
     def objective(logits: Tensor) -> Tensor:
-        logits = logits.float()
+        logits = at_least_float32(logits)
         target = logits.gather(1, labels[:, None]).squeeze(1)
         others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
         return -(target - others.amax(dim=1) + kappa).clamp_min(0).sum()

@@ -72,10 +72,14 @@ def _first_line(exc: Exception, limit: int = 160) -> str:
 
 
 def _describe_bad_file(path: Path, exc: Exception) -> str:
-    if path.stat().st_size == 0:
-        return f"{path} is empty (0 bytes; an interrupted copy or download?); re-download or re-create it"
-    with open(path, "rb") as handle:
-        head = handle.read(64).lstrip().lower()
+    try:  # the first bytes only: a checkpoint may be gigabytes
+        with open(path, "rb") as handle:
+            head = handle.read(64).lstrip().lower()
+        size = path.stat().st_size
+    except OSError as err:
+        return f"cannot read {path}: {err.strerror or err}; check the path and its permissions"
+    if size == 0:
+        return f"{path} is empty (0 bytes: an interrupted download or copy?); re-download or re-create it"
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         return f"{path} is an HTML/XML page, not a checkpoint (a failed download?); download it again"
     if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc).lower():

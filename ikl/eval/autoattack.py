@@ -17,6 +17,11 @@ default=str)`` as the string ``"{'apgd-ce', ...}"``, so a reload never equals th
 * the state carries a fingerprint (ε, norm, version, attacks, seed, n_ex, SHA-256 of the data and
   of the weights); a state from a different evaluation is refused, never silently reused.
 
+Log. Every accuracy we log is a count over all the evaluated examples (``count``). pyautoattack's
+own records are held back while it runs (:func:`pyautoattack_warnings_only`): it sees one chunk of
+still-robust points per call, so its "initial accuracy" (100 % by construction) and its per-attack
+accuracies are re-based on that chunk. Its warnings (its model checks) pass, each once.
+
 Re-verification. After the attacks, :func:`verify_adversarial` checks ‖x_adv − x‖ ≤ ε (+1e-6),
 x_adv ∈ [0, 1], no NaN, and recomputes the robust accuracy from x_adv with the model. A
 disagreement with AutoAttack's count is logged as an error and marked in the result.
@@ -55,6 +60,37 @@ EPS_SLACK = 1e-6
 def fraction(mask: Tensor) -> float:
     """The share of True entries as an exact ratio of integers (NaN for an empty mask)."""
     return int(mask.sum()) / len(mask) if len(mask) else float("nan")
+
+
+def count(mask: Tensor) -> str:
+    """``"45.00% (9/20)"``: the share of True entries and the count behind it, over the whole mask."""
+    return f"{100 * fraction(mask):.2f}% ({int(mask.sum())}/{len(mask)})"
+
+
+class _WarningsOnce(logging.Filter):
+    """Pass WARNING and above, each distinct message once; hold back everything else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno < logging.WARNING or message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+@contextmanager
+def pyautoattack_warnings_only() -> Iterator[None]:
+    """While the block runs, pyautoattack's logger (``auto-attack``) emits only its warnings, once each."""
+    logger, only = logging.getLogger("auto-attack"), _WarningsOnce()
+    logger.addFilter(only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only)
 
 
 @torch.no_grad()
@@ -158,13 +194,11 @@ def load_or_start_state(
                 f"state file {state_path} belongs to another evaluation ({mismatch}); delete it or use another output_dir"
             )
         state = AttackState.from_checkpoint(saved, x)
-        log.info(
-            "resuming from %s: done %s, robust %d/%d", state_path, state.done or "none", state.robust.sum(), len(y)
-        )
+        log.info("resuming from %s: done %s, robust %s", state_path, state.done or "none", count(state.robust))
         return state
     clean = predict(model, x, batch_size=batch_size, device=device) == y
     state = AttackState(fingerprint, [], clean, clean.clone(), x.clone(), {"clean": fraction(clean)})
-    log.info("initial accuracy: %.2f%%", 100 * state.stage_acc["clean"])
+    log.info("clean accuracy: %s", count(clean))
     return state
 
 
@@ -198,6 +232,8 @@ def run_stage(
     if pending is None:
         pending = {"attack": attack, "indices": state.robust.nonzero().squeeze(1), "cursor": 0}
     indices, chunk = pending["indices"], batch_size * save_every
+    resumed_at = f", resumed after {pending['cursor']} of them" if pending["cursor"] else ""
+    log.info("running %s on the %d of %d examples still robust%s", attack, len(indices), len(y), resumed_at)
     with tqdm(total=len(indices), initial=pending["cursor"], desc=attack, leave=False, disable=None) as bar:
         while pending["cursor"] < len(indices):
             idx = indices[pending["cursor"] : pending["cursor"] + chunk]
@@ -213,7 +249,7 @@ def run_stage(
     state.done.append(attack)
     state.stage_acc[attack] = fraction(state.robust)
     _save(state, state_path)
-    log.info("robust accuracy after %s: %.2f%%", attack.upper(), 100 * state.stage_acc[attack])
+    log.info("robust accuracy after %s: %s", attack.upper(), count(state.robust))
 
 
 def _distance(delta: Tensor, norm: str) -> Tensor:
@@ -260,25 +296,26 @@ def verify_adversarial(
         log.error("ADVERSARIAL EXAMPLES FAILED RE-VERIFICATION: %s", report)
     else:
         log.info(
-            "re-verified: max %s perturbation %.6f <= %.6f, robust accuracy %.2f%% recomputed",
+            "re-verified: max %s perturbation %.6f <= %.6f, robust accuracy %s recomputed",
             norm,
             report["max_perturbation"],
             eps,
-            100 * report["robust_acc_recomputed"],
+            count(recomputed),
         )
     return report
 
 
 @contextmanager
 def log_to_file(log_path: Path | None) -> Iterator[None]:
-    """Copy AutoAttack's (DEBUG) and our (INFO) log records into ``log_path`` while the block runs."""
+    """Copy our (INFO) and pyautoattack's (its warnings: :func:`pyautoattack_warnings_only`) log records
+    into ``log_path`` while the block runs; the console and the file see the same lines."""
     if log_path is None:
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    loggers = [(logging.getLogger("auto-attack"), logging.DEBUG), (logging.getLogger("ikl"), logging.INFO)]
+    loggers = [(logging.getLogger("auto-attack"), logging.WARNING), (logging.getLogger("ikl"), logging.INFO)]
     previous = [logger.level for logger, _ in loggers]
     for logger, level in loggers:
         logger.addHandler(handler)
@@ -319,7 +356,8 @@ def run_autoattack(
     """
     check_attack_config(version, attacks, norm)
     attacks = list(attacks) if version == "custom" and attacks else None
-    adversary = AutoAttack(model, attacks=attacks, device=device, eps=eps, norm=norm, seed=seed, version=version)
+    with pyautoattack_warnings_only():  # its "setting parameters for ... version" line
+        adversary = AutoAttack(model, attacks=attacks, device=device, eps=eps, norm=norm, seed=seed, version=version)
     attack_list = list(adversary.attacks_to_run)
     x_test, y_test = x_test.detach().cpu(), y_test.detach().cpu()
     state_path = Path(state_path) if state_path is not None else None
@@ -334,7 +372,7 @@ def run_autoattack(
         "model_sha256": model_id,
     }
     started = time.perf_counter()
-    with log_to_file(Path(log_path) if log_path is not None else None):
+    with log_to_file(Path(log_path) if log_path is not None else None), pyautoattack_warnings_only():
         log.info(
             "AutoAttack %s (%s) at %s eps=%.6f on %d examples", version, ", ".join(attack_list), norm, eps, len(y_test)
         )

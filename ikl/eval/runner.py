@@ -13,7 +13,19 @@ AutoAttack state ``aa_state.pt``. The default is deterministic, so rerunning the
 a kill resumes: ``<run dir>/eval_autoattack/<tag>`` for a checkpoint inside one of our run
 directories, else ``outputs/eval_autoattack/<file stem>-<sha8>/<tag>``, where ``<tag>`` names the
 weights, dataset, version, norm, ε, n_ex and seed. ``result.json`` is also copied to
-``<results_dir>/<name>.json``.
+``<results_dir>/<name>.json`` (default ``outputs/eval_autoattack/results``: runtime outputs never go
+into the tracked ``results/``).
+
+Leaderboard comparability (``comparable_to_leaderboard``): AutoAttack ``standard`` on the whole test
+split, i.e. ``n_ex`` covers the test set *and* the test set itself was not cut down
+(``dataset.builder.max_test_samples``); for a ``robustbench:<id>`` target also its threat model and ε.
+Then the result holds ``leaderboard``: our numbers beside the published ones
+(:func:`ikl.eval.robustbench.compare_with_leaderboard`).
+
+The log (console and ``eval.log``) gives every accuracy as a count over all evaluated examples
+(``robust accuracy after APGD-T: 31.91% (3191/10000)``). pyautoattack's own lines are left out: we
+call it once per chunk of still-robust points, so its "initial accuracy: 100.00%" and per-attack
+accuracies are re-based on that chunk; only its warnings (its model checks) come through, once each.
 """
 
 from __future__ import annotations
@@ -35,9 +47,19 @@ from torch.utils.data import DataLoader, Dataset
 from ikl.attacks import pgd_correct
 from ikl.engine.sink import write_json_atomic
 from ikl.errors import ConfigError
-from ikl.eval.autoattack import LEADERBOARD_NOTE, check_attack_config, fraction, log_to_file, predict, run_autoattack
-from ikl.eval.checkpoints import ModelSource, load_eval_model
-from ikl.eval.eps import check_eps, format_eps
+from ikl.eval import robustbench
+from ikl.eval.autoattack import (
+    LEADERBOARD_NOTE,
+    check_attack_config,
+    count,
+    fraction,
+    log_to_file,
+    predict,
+    run_autoattack,
+)
+from ikl.eval.checkpoints import ModelSource, load_eval_model, locate
+from ikl.eval.eps import check_eps, format_eps, parse_eps
+from ikl.eval.options import check_device, check_options
 from ikl.eval.preflight import NormalizedModel, preflight, prepare_for_evaluation
 
 log = logging.getLogger(__name__)
@@ -68,20 +90,40 @@ class EvalSpec:
     device: str = "auto"
     evaluations: list[str] = field(default_factory=lambda: ["autoattack"])
     output_dir: str | None = None
-    results_dir: str | None = "results/autoattack"
+    results_dir: str | None = "outputs/eval_autoattack/results"
     name: str | None = None
     save_every: int = 5
     logger_mode: str = "offline"
     logger_project: str = "ikl-eval"
+    max_test_samples: int | None = None  # dataset.builder.max_test_samples: the test set was cut down
+    input_normalization: str | dict[str, list[float]] = "auto"  # auto | none | {"mean": [...], "std": [...]}
+    robustbench_dir: str = robustbench.DEFAULT_DIR
+    robustbench_file: str | None = None
+    # where the data set and model came from, and every explicit choice that overrode the run/checkpoint
+    provenance: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_spec(spec: EvalSpec) -> EvalSpec:
+    """``spec`` with every value checked (one ``ConfigError`` line) and whole numbers as ``int``."""
+    values = check_options(asdict(spec))
+    check_eps(values["eps"], allow_inexact=spec.allow_inexact_eps)
+    check_attack_config(values["version"], values["attacks"], values["norm"])
+    check_evaluations(values["evaluations"], values["norm"])
+    norm = spec.input_normalization
+    if not (norm in ("auto", "none") or (isinstance(norm, dict) and set(norm) == {"mean", "std"})):
+        raise ConfigError(
+            f"input_normalization={norm!r} is not auto, none or {{mean: [...], std: [...]}}; "
+            "e.g. input_normalization=none for a model that takes [0, 1] inputs"
+        )
+    return EvalSpec(**values)
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; refuse ``cuda`` without a GPU."""
+    """``auto`` → CUDA when available, else CPU; a device that is not there is one ``ConfigError`` line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-    return torch.device(device)
+    return torch.device(check_device(device))
 
 
 def check_evaluations(evaluations: Sequence[str], norm: str) -> None:
@@ -100,7 +142,7 @@ def take_examples(test_set: Dataset, n_ex: int, batch_size: int = 500) -> tuple[
     if n_ex <= 0:
         raise ConfigError(f"n_ex={n_ex} must be positive")
     if n_ex > len(test_set):
-        log.warning("n_ex=%d exceeds the %d test examples; evaluating all of them", n_ex, len(test_set))
+        log.info("evaluating all %d test examples", len(test_set))
     xs, ys, seen = [], [], 0
     for x, y in DataLoader(test_set, batch_size=batch_size, shuffle=False):
         xs.append(x[: n_ex - seen])
@@ -142,7 +184,7 @@ def pgd_evaluation(
     mask = torch.cat(masks)
     summary = {"robust_acc": fraction(mask), "steps": int(steps), "step_size": eps / 4}
     summary["seconds"] = time.perf_counter() - started
-    log.info("%s robust accuracy: %.2f%%", name, 100 * summary["robust_acc"])
+    log.info("%s robust accuracy: %s", name, count(mask))
     return summary, mask
 
 
@@ -163,19 +205,46 @@ def default_output_dir(source: ModelSource, tag: str) -> Path:
     return Path("outputs") / "eval_autoattack" / f"{source.file.stem}-{source.sha256[:8]}" / tag
 
 
-def _prepare_model(model: nn.Module, source: ModelSource, device: torch.device) -> nn.Module:
-    norm = source.input_normalization
+def input_normalization(spec: EvalSpec, source: ModelSource) -> dict[str, list[float]] | None:
+    """The normalisation to wrap the model in: ``spec.input_normalization`` unless ``auto``, else the source's."""
+    if spec.input_normalization == "none":
+        return None
+    if isinstance(spec.input_normalization, dict):
+        return {k: [float(v) for v in spec.input_normalization[k]] for k in ("mean", "std")}
+    return source.input_normalization
+
+
+def _prepare_model(model: nn.Module, norm: dict[str, list[float]] | None, device: torch.device) -> nn.Module:
     if norm:
-        log.info("the checkpoint was trained on normalised inputs: wrapping it in NormalizedModel%s", norm)
+        log.info("the model takes normalised inputs: wrapping it in NormalizedModel(mean=%s, std=%s)", *norm.values())
         model = NormalizedModel(model, norm["mean"], norm["std"])
     return prepare_for_evaluation(model).to(device)
 
 
-def _leaderboard(aa: dict[str, Any], n_ex: int, test_size: int) -> tuple[bool, list[str]]:
-    notes = [aa["note"]] if aa.get("note") else []
+def _leaderboard(
+    spec: EvalSpec, aa: dict[str, Any] | None, n_ex: int, test_size: int, entry: robustbench.Entry | None
+) -> tuple[bool, list[str]]:
+    """Whether the AutoAttack number follows the leaderboard protocol, and every reason it does not."""
+    notes = ["AutoAttack was not run"] if aa is None else [aa["note"]] if aa.get("note") else []
+    if spec.max_test_samples is not None:
+        notes.append(
+            f"dataset.builder.max_test_samples={spec.max_test_samples}: the test set itself is a subset "
+            f"({test_size} examples), {LEADERBOARD_NOTE}"
+        )
     if n_ex < test_size:
         notes.append(f"n_ex={n_ex} of {test_size} test examples: a subset, {LEADERBOARD_NOTE}")
-    return bool(aa["comparable_to_leaderboard"]) and n_ex >= test_size, notes
+    if entry is not None:
+        if spec.norm != entry.threat_model or parse_eps(spec.eps) != parse_eps(entry.eps):
+            notes.append(
+                f"norm={spec.norm} eps={spec.eps}: {entry.model_id} is on the {entry.threat_model} "
+                f"eps={entry.eps} board, {LEADERBOARD_NOTE}"
+            )
+        if spec.dataset != entry.dataset:
+            notes.append(
+                f"dataset={spec.dataset}: {entry.model_id} is on the {entry.dataset} board, {LEADERBOARD_NOTE}"
+            )
+    comparable = aa is not None and bool(aa["comparable_to_leaderboard"]) and not notes
+    return comparable, notes
 
 
 def _run_evaluations(
@@ -227,7 +296,9 @@ def _describe(spec: EvalSpec, source: ModelSource, eps: float) -> dict[str, Any]
         "checkpoint_file": str(source.file),
         "checkpoint_sha256": source.sha256,
         "checkpoint_layout": source.layout,
-        "input_normalization": source.input_normalization,
+        "input_normalization": input_normalization(spec, source),
+        "provenance": {**spec.provenance, "model": source.model_from or "model="},
+        "overrides_stated": [*spec.notes, *source.notes],
         "eps": spec.eps if isinstance(spec.eps, str) else format_eps(eps),
         "eps_float": eps,
         "norm": spec.norm,
@@ -240,10 +311,12 @@ def _describe(spec: EvalSpec, source: ModelSource, eps: float) -> dict[str, Any]
     }
 
 
-def _summarize(results: dict[str, Any], worst: float, n_ex: int, test_size: int) -> dict[str, Any]:
+def _summarize(
+    spec: EvalSpec, results: dict[str, Any], worst: float, n_ex: int, test_size: int, entry: robustbench.Entry | None
+) -> dict[str, Any]:
     """The numbers: clean/AA accuracy, stages, re-verification, leaderboard comparability."""
     aa = results.get("autoattack")
-    comparable, notes = _leaderboard(aa, n_ex, test_size) if aa else (False, ["AutoAttack was not run"])
+    comparable, notes = _leaderboard(spec, aa, n_ex, test_size, entry)
     if aa and not aa["verification"]["passed"]:
         notes.insert(0, "RE-VERIFICATION FAILED: the adversarial examples do not reproduce this robust accuracy")
     return {
@@ -294,23 +367,44 @@ def _metric_keys(result: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def _log_leaderboard(comparison: dict[str, Any], clean: float, robust: float | None) -> None:
+    robust_text = "n/a" if robust is None else f"{100 * robust:.2f}%"
+    line = (
+        f"RobustBench {comparison['model_id']} ({comparison['dataset']}, {comparison['threat_model']}): "
+        f"clean {100 * clean:.2f}% vs published {comparison['published_clean_acc_pct']:.2f}%, "
+        f"AutoAttack {robust_text} vs published {comparison['published_autoattack_acc_pct']:.2f}%"
+    )
+    verdict = comparison["within_tolerance"]
+    if verdict is None:
+        log.info("%s; not compared: %s", line, comparison["not_compared_because"])
+    elif verdict:
+        log.info("%s: within tolerance (%s pp)", line, comparison["tolerance_pp"])
+    else:
+        log.warning("%s: OUTSIDE the tolerance (%s pp)", line, comparison["tolerance_pp"])
+
+
 def evaluate(
     spec: EvalSpec, test_set: Dataset | Callable[[], Dataset], *, config: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run ``spec`` on ``test_set`` (inputs in [0, 1]); returns the result dict written to JSON.
 
-    ``test_set`` may be a zero-argument factory, called only after ε, the attack settings and the
-    checkpoint have passed their checks. ``config`` (the resolved config) is stored in the result.
+    ``test_set`` may be a zero-argument factory, called only after every setting, ε, the attack
+    settings and the checkpoint have passed their checks. ``config`` (the resolved config) is stored
+    in the result.
     """
     started = time.perf_counter()
+    spec = check_spec(spec)
     eps = check_eps(spec.eps, allow_inexact=spec.allow_inexact_eps)
-    check_attack_config(spec.version, spec.attacks, spec.norm)
-    check_evaluations(spec.evaluations, spec.norm)
     device = resolve_device(spec.device)
-    model, source = load_eval_model(
-        spec.checkpoint, weights=spec.weights, model_name=spec.model, num_classes=spec.num_classes, dataset=spec.dataset
+    located = locate(
+        spec.checkpoint,
+        weights=spec.weights,
+        dataset=spec.dataset,
+        robustbench_dir=spec.robustbench_dir,
+        robustbench_file=spec.robustbench_file,
     )
-    model = _prepare_model(model, source, device)
+    model, source = load_eval_model(located, model_name=spec.model, num_classes=spec.num_classes, dataset=spec.dataset)
+    model = _prepare_model(model, input_normalization(spec, source), device)
     test_set = test_set() if callable(test_set) and not isinstance(test_set, Dataset) else test_set
     x, y = take_examples(test_set, spec.n_ex)
     report = preflight(model, x[: spec.batch_size].to(device), source.num_classes)
@@ -326,10 +420,24 @@ def evaluate(
             len(y),
             out_dir,
         )
-        clean = fraction(predict(model, x, batch_size=spec.batch_size, device=device) == y)
+        for note in [*spec.notes, *source.notes]:
+            log.warning("stated: %s", note)
+        correct = predict(model, x, batch_size=spec.batch_size, device=device) == y
+        clean = fraction(correct)
+        if "autoattack" not in spec.evaluations:  # else AutoAttack logs the same line
+            log.info("clean accuracy: %s", count(correct))
         results, worst = _run_evaluations(spec, model, x, y, eps, out_dir, source, device)
-        summary = _summarize(results, worst, len(y), len(test_set))
+        summary = _summarize(spec, results, worst, len(y), len(test_set), source.robustbench)
         result = {**_describe(spec, source, eps), "clean_acc": clean, **summary}
+        if source.robustbench is not None:
+            result["leaderboard"] = robustbench.compare_with_leaderboard(
+                source.robustbench,
+                clean,
+                result["robust_acc"],
+                comparable=result["comparable_to_leaderboard"],
+                why_not=result["note"],
+            )
+            _log_leaderboard(result["leaderboard"], clean, result["robust_acc"])
         result.update(name=name, output_dir=str(out_dir), device=str(device), preflight=report, config=config)
         result["seconds"] = time.perf_counter() - started
         write_json_atomic(out_dir / RESULT_FILE, result)
