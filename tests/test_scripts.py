@@ -224,8 +224,13 @@ def test_hydra_multirun_over_loss_and_tau_gives_each_job_its_run_dir_and_wandb_r
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != "jobs")  # jobs/: each job's outcome
     assert len(jobs) == 4 and all((job / "summary.json").is_file() for job in jobs)
+    table = (sweep / "sweep_summary.md").read_text()  # the sweep's own table, also printed at its end
+    header, _, *rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert "loss" in header and "loss.prior_temperature" in header and "acc_last" in header, header
+    assert len(rows) == 4 and all("completed" in row for row in rows), table
+    assert f"sweep {sweep}" in proc.stdout and (sweep / "sweep_summary.csv").is_file()
     settings, ids = set(), set()
     for job in jobs:
         config = yaml.safe_load((job / "config.yaml").read_text())

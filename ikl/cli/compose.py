@@ -36,6 +36,7 @@ from ikl.cli import rundir, sweep
 from ikl.cli.rundir import ClaimedRun, RunIdentity, RunPlan
 from ikl.data import DataError, DeviceCIFARLoader, build_loaders
 from ikl.engine.checkpoint import load_checkpoint, load_model_weights
+from ikl.engine.curves import write_curves
 from ikl.engine.distributed import (
     DistInfo,
     broadcast_object,
@@ -347,6 +348,8 @@ class Session:
     def close(self, failed: bool) -> None:
         try:
             self.sink.close(failed=failed)
+            if failed and self.dist.is_main:  # a finished run drew its curves in fit()
+                write_curves(self.run_dir)
         finally:
             if self.log_handler is not None:
                 logging.getLogger().removeHandler(self.log_handler)
@@ -590,6 +593,8 @@ def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monit
     if session.resume_state is not None:
         trainer.restore(session.resume_state)
     summary = {**trainer.fit(), "wandb_dir": session.sink.wandb_dir}
+    curves = write_curves(session.run_dir) if session.dist.is_main else None
+    summary["curves"] = str(curves) if curves else None
     if trainer.epoch < trainer.settings.epochs:
         summary["continue_with"] = (
             f"resume=true (or resume={session.run_dir}) to train epochs {trainer.epoch + 1}-{trainer.settings.epochs}"
