@@ -49,6 +49,8 @@ BOOL_KEYS = {
     "enabled",
     "skip_bad_images",
 }
+# Counts that may be null by design (null: the budget decides; see configs/train_at.yaml).
+NULLABLE_PATHS = {"attack.steps"}
 # Numbers that must be given (null would fail deep inside a constructor).
 REQUIRED_NUMBER_KEYS = {"lr", "momentum", "weight_decay", "ce_weight"}
 # String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
@@ -86,7 +88,7 @@ def check_value(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{path}={value!r} is not a device; use auto, cpu or cuda (cuda:N)")
     integer = key in POSITIVE_INT_KEYS | NON_NEGATIVE_INT_KEYS
     if value is None:
-        if integer or key in REQUIRED_NUMBER_KEYS:
+        if (integer or key in REQUIRED_NUMBER_KEYS) and path not in NULLABLE_PATHS:
             raise ConfigError(f"{path} is null but needs a value; set {path}=<number>")
         if key in BOOL_KEYS:
             raise ConfigError(f"{path} is null; set {path}=true or {path}=false")
