@@ -372,6 +372,6 @@ def test_installed_package_works_outside_the_repository(tmp_path):
         [str(script), "--help"], cwd=elsewhere, env=run_env, capture_output=True, text=True, timeout=120
     )
     assert helped.returncode == 0, helped.stdout[-2000:] + helped.stderr[-2000:]
-    assert "dataset: cifar10, cifar100, digits, imagenet" in helped.stdout  # the shipped configs were found
+    assert "dataset: cifar10, cifar100" in helped.stdout and "digits" in helped.stdout  # the shipped configs were found
     assert "loss: " in helped.stdout and "ikl_gi" in helped.stdout
     assert not any(elsewhere.iterdir()), "--help wrote into the working directory"
