@@ -150,6 +150,19 @@ def strip_prefix(
     return out
 
 
+def key_mismatch(model: nn.Module, state_dict: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(missing keys, unexpected keys, "key (shape) vs (shape)" for each shape that differs)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != own[k].shape
+    ]
+    return missing, unexpected, wrong
+
+
 def load_model_weights(
     model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *, key: str | None = None, what: str = "model"
 ) -> dict[str, Any]:
@@ -160,14 +173,7 @@ def load_model_weights(
     name = str(source) if not isinstance(source, Mapping) else "<state_dict>"
     container = load_checkpoint(source) if not isinstance(source, Mapping) else dict(source)
     state_dict = extract_state_dict(container, key)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
+    missing, unexpected, wrong = key_mismatch(model, state_dict)
     if missing or unexpected or wrong:
         parts = []
         if wrong:

@@ -34,7 +34,14 @@ import torch
 import yaml
 from torch import nn
 
-from ikl.engine.checkpoint import FORMAT, extract_state_dict, load_checkpoint, load_model_weights, strip_prefix
+from ikl.engine.checkpoint import (
+    FORMAT,
+    extract_state_dict,
+    key_mismatch,
+    load_checkpoint,
+    load_model_weights,
+    strip_prefix,
+)
 from ikl.errors import CheckpointError, ConfigError
 from ikl.eval import robustbench
 from ikl.models import create_model, list_models
@@ -271,14 +278,7 @@ def fit_hint(state_dict: dict[str, Any], tried: str, num_classes: int) -> str:
 
 
 def _check_fit(model: nn.Module, state_dict: dict[str, Any], *, name: str, num_classes: int, file: Path) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != own[k].shape
-    ]
+    missing, unexpected, wrong = key_mismatch(model, state_dict)
     if not (missing or unexpected or wrong):
         return
     parts = [f"shape mismatch {wrong[:2]}"] if wrong else []

@@ -461,21 +461,26 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+def cifar_args(root: Path, run: Path) -> list[str]:
+    """A plain CE run on the CIFAR-10 files under ``root`` (never downloaded)."""
+    return [
+        "dataset=cifar10",
+        f"dataset.builder.root={root}",
+        "dataset.builder.download=false",
+        "loss=ce",
+        "trainer.epochs=1",
+        f"run_dir={run}",
+        "logger.mode=disabled",
+    ]
+
+
 def test_a_crafted_cifar_pickle_runs_no_code(tmp_path, shared_files):
     root = write_fake_cifar10(tmp_path / "data", per_batch=8, test=10)
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     marker = tmp_path / "pwned"
     with open(batch, "wb") as handle:
         pickle.dump({"data": Exploit(marker), "labels": [0]}, handle, protocol=2)
-    args = [
-        "dataset=cifar10",
-        f"dataset.builder.root={root}",
-        "dataset.builder.download=false",
-        "loss=ce",
-        "trainer.epochs=1",
-        f"run_dir={tmp_path / 'run'}",
-        "logger.mode=disabled",
-    ]
+    args = cifar_args(root, tmp_path / "run")
     code, stderr = cli("train_kd.py", args)
     line = refused(code, stderr, str(batch), "could run code")
     assert not marker.exists() and not (tmp_path / "run").exists()
@@ -496,15 +501,7 @@ def test_labels_out_of_range_and_unreadable_images_are_one_line(tmp_path, caplog
     entry = load_pickle_plain(batch)
     entry["labels"][3] = 10
     batch.write_bytes(py2_pickle(entry))
-    args = [
-        "dataset=cifar10",
-        f"dataset.builder.root={root}",
-        "dataset.builder.download=false",
-        "loss=ce",
-        "trainer.epochs=1",
-        f"run_dir={tmp_path / 'run'}",
-        "logger.mode=disabled",
-    ]
+    args = cifar_args(root, tmp_path / "run")
     code, stderr = cli("train_kd.py", args)
     line = refused(code, stderr, str(batch), "label 10 is outside [0, 10)")
     REPORT.add(
