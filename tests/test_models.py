@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "model_keys"
 TORCHVISION_RESNETS = ("imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50")
 WITH_FIXTURE = [n for n in list_models() if n not in TORCHVISION_RESNETS]
 # forwards that take several seconds on 2 CPU cores
-HEAVY = {"wrn_34_20", "wrn_34_20_swish", "wrn_70_16_swish"}
+HEAVY = {"wrn_34_20", "wrn_34_20_swish", "wrn_70_16_swish", "imagenet_resnext101_32x4d"}
 SWISH = ("wrn_28_10_swish", "wrn_34_10_swish", "wrn_34_20_swish", "wrn_70_16_swish")
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -62,7 +63,7 @@ def test_list_models_is_the_zoo():
     ]
     assert list(CIFAR_KD_MODELS) == expected_kd
     assert set(AT_MODELS) == {"wrn_34_10", "wrn_28_10", "wrn_34_20", "preact_resnet18", "resnet18", *SWISH}
-    assert set(IMAGENET_MODELS) == {*TORCHVISION_RESNETS, "imagenet_mobilenet_v1"}
+    assert set(IMAGENET_MODELS) == {*TORCHVISION_RESNETS, "imagenet_mobilenet_v1", "imagenet_resnext101_32x4d"}
     assert list_models() == [*CIFAR_KD_MODELS, *AT_MODELS, *IMAGENET_MODELS]
 
 
@@ -121,6 +122,7 @@ REFERENCE_PARAM_COUNTS = {
     "wrn_34_10_swish": 46_218_164,
     "wrn_34_20_swish": 184_646_964,
     "wrn_70_16_swish": 266_888_756,
+    "imagenet_resnext101_32x4d": 42_149_194,  # 10 classes (44_177_704 with 1000)
 }
 
 
@@ -317,3 +319,59 @@ def test_dm_wide_resnet_bn_momentum_and_silu():
     assert len(bns) == 25 and all(m.momentum == 0.01 for m in bns)
     assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
     assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- logits vs the reference files
+def rule_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Deterministic float64 weights from each key's name alone (so any two models with the same
+    keys and shapes get the same values): conv/linear weights N(0, 1/fan_in), norm weights
+    1 + 0.1 N, biases and running means 0.1 N, running variances 1 + 0.1 U; counters as they are."""
+    out = {}
+    for key, value in model.state_dict().items():
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        if not value.is_floating_point():
+            out[key] = value.clone()
+        elif key.endswith("running_var"):
+            out[key] = 1 + 0.1 * torch.rand(value.shape, generator=g, dtype=torch.float64)
+        elif value.ndim > 1:
+            fan_in = value[0].numel()
+            out[key] = torch.randn(value.shape, generator=g, dtype=torch.float64) / fan_in**0.5
+        elif key.endswith("weight"):
+            out[key] = 1 + 0.1 * torch.randn(value.shape, generator=g, dtype=torch.float64)
+        else:
+            out[key] = 0.1 * torch.randn(value.shape, generator=g, dtype=torch.float64)
+    return out
+
+
+def rule_input(size: int = 32) -> torch.Tensor:
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.mark.slow  # ~5 s on 2 CPU cores (44M float64 weights)
+def test_resnext101_32x4d_logits_match_the_official_definition():
+    """The fixture's ``logits`` are those of the official ImageNet-LT teacher definition
+    (jiequancui/DKL c5e8ad2 ``DKLv1/Imbalanced_KD-dkl/models/resnet_imagenet.py`` ``resnext101_32x4d(
+    num_classes=10)``, float64, eval mode) under :func:`rule_state_dict` weights on :func:`rule_input`,
+    computed once with that file outside the repository; its keys, shapes and parameter count are in
+    the same file (checked by the tests above)."""
+    ref = _fixture("imagenet_resnext101_32x4d")
+    model = create_model("imagenet_resnext101_32x4d", ref["num_classes"]).double().eval()
+    model.load_state_dict(rule_state_dict(model), strict=True)
+    with torch.no_grad():
+        logits = model(rule_input())
+    torch.testing.assert_close(logits, torch.tensor(ref["logits"], dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+def test_resnext101_32x4d_is_grouped_as_resnext_and_loads_the_official_checkpoint_layout():
+    model = _on_meta("imagenet_resnext101_32x4d", 1000)
+    conv = dict(model.named_modules())["layer3.22.conv2"]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (32, 512, 512)
+    assert sum(p.numel() for p in model.parameters()) == 44_177_704  # ResNeXt-101 32x4d, 1000 classes
+    # the official DDP(DDAModel(...)) checkpoint layout: state_dict["module.encoder.<key>"]
+    from ikl.engine.checkpoint import extract_state_dict
+
+    state = {f"module.encoder.{k}": v for k, v in create_model("imagenet_resnext101_32x4d", 10).state_dict().items()}
+    found = extract_state_dict({"state_dict": state, "epoch": 90})
+    assert next(iter(found)).startswith("encoder.")  # "module." goes; "encoder." is DDAModel's own prefix
+    stripped = {k.removeprefix("encoder."): v for k, v in found.items()}
+    create_model("imagenet_resnext101_32x4d", 10).load_state_dict(stripped, strict=True)

@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ikl.cli import compose
+from ikl.cli.models import build_model
 from ikl.cli.overrides import check_command_line
 from ikl.cli.paths import CONFIGS
 from ikl.eval import check_eps
-from ikl.models import create_model
 from ikl.tasks.at import AdversarialTask, AWPConfig, check_recipe
 
 log = logging.getLogger("ikl.train_at")
@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datasets = data[0]
     if datasets.normalized:
         log.warning("dataset.builder.normalize=true: attacks then act on normalised inputs, not [0, 1]")
-    model = create_model(cfg.model.name, datasets.num_classes)
+    model = build_model(cfg.model, datasets.num_classes)
     if start.resume_state is None:
         compose.initialise_from(model, cfg)
     if cfg.trainer.channels_last:  # before the AWP proxy and EMA copies are made, so they share it

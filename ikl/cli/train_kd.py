@@ -23,12 +23,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ikl.cli import compose, rundir
+from ikl.cli.models import build_model, task_options, weights_come_with_model
 from ikl.cli.overrides import check_command_line
 from ikl.cli.paths import CONFIGS
 from ikl.engine.checkpoint import load_model_weights
 from ikl.engine.trainer import evaluate_classifier
 from ikl.errors import CheckpointError, ConfigError, UserError
-from ikl.models import create_model
 from ikl.tasks import DistillationTask
 
 log = logging.getLogger("ikl.train_kd")
@@ -137,7 +137,7 @@ def teacher_checkpoint(cfg: DictConfig) -> Path:
 
 
 def build_teacher(cfg: DictConfig, num_classes: int, path: Path):
-    model = create_model(cfg.teacher.name, num_classes)
+    model = build_model(cfg.teacher, num_classes, "teacher")
     container = load_model_weights(model, path, what="teacher")
     log.info(
         "teacher %s loaded from %s (stored accuracy: %s)",
@@ -155,6 +155,8 @@ def load_teacher(cfg: DictConfig):
     It is built for ``dataset.num_classes``; when the file does not fit, a wrong
     ``dataset.num_classes`` is the mistake to name.
     """
+    if weights_come_with_model(cfg.teacher):  # e.g. a timm teacher with pretrained weights
+        return build_model(cfg.teacher, cfg.dataset.num_classes, "teacher"), None
     path = teacher_checkpoint(cfg)
     try:
         return build_teacher(cfg, cfg.dataset.num_classes, path), path
@@ -185,12 +187,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = compose.prepare(cfg, config, task="kd", extra=extra)
     data = compose.build_data(cfg, start)
     datasets, _, test_loader = data
-    student = create_model(cfg.student.name, datasets.num_classes)
+    student = build_model(cfg.student, datasets.num_classes, "student")
     if start.resume_state is None:
         compose.initialise_from(student, cfg)
     criterion = instantiate(cfg.loss.criterion) if distilling else None
     task = DistillationTask(
-        student, teacher, criterion, ce_weight=cfg.loss.ce_weight, warmup_epochs=cfg.loss.warmup_epochs
+        student,
+        teacher,
+        criterion,
+        ce_weight=cfg.loss.ce_weight,
+        warmup_epochs=cfg.loss.warmup_epochs,
+        **task_options(cfg),
     )
     task.to(start.device)
     teacher_acc = None

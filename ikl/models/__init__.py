@@ -15,7 +15,11 @@
   DeepMind/DM-AT WideResNet with SiLU (RobustBench ``DMWideResNet``; the DKL 20M/50M checkpoints and
   RobustBench's ``Cui2023Decoupled_WRN-28-10`` are ``wrn_28_10_swish``). ``normalize`` is
   ``"cifar10"``, ``"cifar100"``, ``(mean, std)`` or ``None`` (by class count, as the reference).
-* ImageNet (224 x 224): torchvision ResNet-18/34/50 and mdistiller's MobileNetV1.
+* ImageNet (224 x 224): torchvision ResNet-18/34/50, mdistiller's MobileNetV1 and the ImageNet-LT
+  teacher ResNeXt-101 32x4d (torchvision layout).
+* ``timm/<name>``: any ``timm`` model (``ikl.models.timm_models``), with ``pretrained`` weights
+  from timm's cache, the hub or a local file and an optional input adapter for teachers.
+* Your own: :func:`register_model` adds a name (docs/custom.md).
 
 Each module's docstring names its source file and commit and lists every deviation.
 """
@@ -29,15 +33,25 @@ from torch import nn
 
 from ikl.models.cifar_resnet import cifar_resnet
 from ikl.models.dm_wide_resnet import DMWideResNet
-from ikl.models.imagenet import MobileNetV1, imagenet_resnet
+from ikl.models.imagenet import MobileNetV1, imagenet_resnet, imagenet_resnext101_32x4d
 from ikl.models.mobilenetv2 import mobilenetv2_half
 from ikl.models.preact_resnet import PreActResNet18
 from ikl.models.resnet import resnet18_at, resnet18_cifar, resnet50_cifar
 from ikl.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from ikl.models.timm_models import TIMM_PREFIX, InputAdapter, timm_model
 from ikl.models.vgg import vgg
 from ikl.models.wide_resnet import WideResNet
 
-__all__ = ["AT_MODELS", "CIFAR_KD_MODELS", "IMAGENET_MODELS", "create_model", "list_models"]
+__all__ = [
+    "AT_MODELS",
+    "CIFAR_KD_MODELS",
+    "IMAGENET_MODELS",
+    "InputAdapter",
+    "create_model",
+    "list_models",
+    "register_model",
+    "timm_model",
+]
 
 _CIFAR_KD: dict[str, Callable[..., nn.Module]] = {
     **{f"resnet{d}": partial(cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
@@ -60,8 +74,10 @@ _AT: dict[str, Callable[..., nn.Module]] = {
 _IMAGENET: dict[str, Callable[..., nn.Module]] = {
     **{f"imagenet_resnet{d}": partial(imagenet_resnet, d) for d in (18, 34, 50)},
     "imagenet_mobilenet_v1": MobileNetV1,
+    "imagenet_resnext101_32x4d": imagenet_resnext101_32x4d,
 }
 _MODELS: dict[str, Callable[..., nn.Module]] = {**_CIFAR_KD, **_AT, **_IMAGENET}
+_REGISTERED: dict[str, Callable[..., nn.Module]] = {}  # register_model()
 
 CIFAR_KD_MODELS: tuple[str, ...] = tuple(_CIFAR_KD)
 AT_MODELS: tuple[str, ...] = tuple(_AT)
@@ -69,8 +85,30 @@ IMAGENET_MODELS: tuple[str, ...] = tuple(_IMAGENET)
 
 
 def list_models() -> list[str]:
-    """All names accepted by :func:`create_model`: CIFAR KD zoo, then AT, then ImageNet."""
-    return list(_MODELS)
+    """All names accepted by :func:`create_model`: CIFAR KD zoo, then AT, then ImageNet, then the
+    registered ones (``timm/<name>`` is accepted too, for every model timm knows)."""
+    return [*_MODELS, *_REGISTERED]
+
+
+def register_model(
+    name: str, builder: Callable[..., nn.Module] | None = None, *, overwrite: bool = False
+) -> Callable[..., nn.Module]:
+    """Make ``create_model(name, num_classes, **kwargs)`` call ``builder(num_classes=..., **kwargs)``.
+
+    Usable as a decorator (``@register_model("my_net")``). ``builder`` must return a module whose
+    ``forward(x)`` returns the logits. Zoo names and ``timm/`` are reserved; an existing
+    registration is replaced only with ``overwrite=True``.
+    """
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS or name.startswith(TIMM_PREFIX):
+            raise ValueError(f"{name!r} is a built-in model name; register yours under another name")
+        if name in _REGISTERED and not overwrite and _REGISTERED[name] is not fn:
+            raise ValueError(f"model {name!r} is already registered; pass overwrite=True to replace it")
+        _REGISTERED[name] = fn
+        return fn
+
+    return add(builder) if builder is not None else add
 
 
 def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
@@ -78,8 +116,15 @@ def create_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
 
     AT models accept ``normalize=(mean, std)``; the TRADES WideResNets also ``drop_rate``; the
     ``*_swish`` models ``normalize="cifar10"|"cifar100"|(mean, std)|None`` and ``activation``.
-    Raises ``ValueError`` for an unknown name.
+    ``timm/<name>`` builds ``timm_model(name, num_classes, **kwargs)`` (``pretrained``,
+    ``input_mean``/``input_std`` and timm's own options such as ``drop_path_rate``). Raises
+    ``ValueError`` for an unknown name.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_MODELS)}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    if name.startswith(TIMM_PREFIX):
+        return timm_model(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
+    builder = _MODELS.get(name) or _REGISTERED.get(name)
+    if builder is None:
+        raise ValueError(
+            f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or timm/<any timm model name>"
+        )
+    return builder(num_classes=num_classes, **kwargs)

@@ -1,4 +1,5 @@
-"""ImageNet models for the ImageNet KD pairs (ResNet34 -> ResNet18, ResNet50 -> MobileNetV1).
+"""ImageNet models: the ImageNet KD pairs (ResNet34 -> ResNet18, ResNet50 -> MobileNetV1) and the
+ImageNet-LT teacher (ResNeXt-101 32x4d).
 
 * ``imagenet_resnet18``, ``imagenet_resnet34``, ``imagenet_resnet50``: ``torchvision.models``
   ResNets built with ``weights=None`` (never downloaded here), so their keys are torchvision's
@@ -11,6 +12,14 @@
   ``model.0.{0,1}`` (3x3 stride-2 conv 3 -> 32, BN), ``model.{1..13}.{0,1,3,4}`` (depthwise 3x3,
   BN, pointwise 1x1, BN) and ``fc`` (1024 -> classes); ``model.14`` is a 7 x 7 average pool, so
   inputs are 224 x 224. The source fixes 1000 classes; here ``num_classes`` is a parameter.
+* ``imagenet_resnext101_32x4d``: the ImageNet-LT teacher of the official IKL code
+  (``jiequancui/DKL`` ``DKLv1/Imbalanced_KD-dkl/models/resnet_imagenet.py`` ``resnext101_32x4d``:
+  torchvision's ``ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4)``, which
+  torchvision itself does not register). Built from ``torchvision.models.resnet.ResNet``, so its
+  keys are torchvision's ResNeXt naming (``layer3.22.conv2.weight`` is a grouped 3x3 conv of
+  width 512 = 32 groups x 4 x 4). The official script wraps every network in ``DDAModel``
+  (``encoder.`` prefix) under DDP (``module.``), so its checkpoints hold
+  ``state_dict["module.encoder.<torchvision key>"]``; it loads them after dropping ``module.``.
 
 All ``forward`` methods return logits only (mdistiller's also return features).
 """
@@ -66,6 +75,13 @@ class MobileNetV1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.model(x), 1))
+
+
+def imagenet_resnext101_32x4d(num_classes: int = 1000, **kwargs: object) -> nn.Module:
+    """ResNeXt-101 32x4d (Xie et al. 2017) with torchvision's layout and initialisation."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes=num_classes, groups=32, width_per_group=4, **kwargs)
 
 
 def imagenet_resnet(depth: int, num_classes: int = 1000, **kwargs: object) -> nn.Module:

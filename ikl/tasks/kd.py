@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,16 @@ class DistillationTask(Task):
     teacher). A criterion with ``observe``/``end_epoch`` (IKL's class prior) is fed the teacher's
     logits every step and rebuilt at the end of each epoch, as the official trainer does.
 
+    Strong recipes (timm's ResNet-strikes-back family, VanillaKD): ``mixup`` is a batch mixer
+    ``(x, y) -> (x_mixed, soft targets)`` such as ``timm.data.Mixup`` (Mixup/CutMix), applied to
+    training batches before the student and the teacher see them; ``supervised_loss``
+    ``(logits, targets)`` replaces the cross-entropy on the labels (e.g.
+    ``timm.loss.BinaryCrossEntropy``; cross-entropy takes the soft targets too). The criterion and
+    the class prior get the dominant label of a mixed pair (``argmax`` of the soft target), as
+    VanillaKD's DKD does.
+
     Graph-safe: the warm-up factor changes only between epochs, the prior is updated in place.
+    With ``mixup`` it is not (the mixing draws its coefficients on the host).
     """
 
     graph_safe = True
@@ -45,6 +55,8 @@ class DistillationTask(Task):
         *,
         ce_weight: float = 1.0,
         warmup_epochs: float = 0.0,
+        mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        supervised_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if (teacher is None) != (criterion is None):
@@ -54,6 +66,10 @@ class DistillationTask(Task):
         self.criterion = criterion
         self.ce_weight = ce_weight
         self.warmup_epochs = warmup_epochs
+        self.mixup = mixup
+        self.supervised_loss = supervised_loss
+        if mixup is not None:
+            self.graph_safe = False
 
     def train(self, mode: bool = True) -> DistillationTask:
         super().train(mode)
@@ -67,17 +83,22 @@ class DistillationTask(Task):
         return logits.clone()  # a normal tensor again, usable as a constant in autograd
 
     def forward(self, x: Tensor, y: Tensor, *, epoch: int) -> dict[str, Any]:
+        target = y
+        if self.training and self.mixup is not None:
+            x, target = self.mixup(x, y)
+        labels = target.argmax(1) if target.ndim == 2 else target  # the dominant label of a mixed pair
         logits = self.model(x)
-        out: dict[str, Any] = {"logits": logits, "loss_ce": self.ce_weight * F.cross_entropy(logits.float(), y)}
+        supervised = self.supervised_loss or F.cross_entropy
+        out: dict[str, Any] = {"logits": logits, "loss_ce": self.ce_weight * supervised(logits.float(), target)}
         loss = out["loss_ce"]
         if self.criterion is not None:
             teacher_logits = self.teacher_logits(x)
-            terms = self.criterion(logits, teacher_logits, y)
+            terms = self.criterion(logits, teacher_logits, labels)
             factor = warmup_factor(epoch, self.warmup_epochs)
             out.update(terms)
             loss = loss + factor * sum(terms.values())
             if self.training and hasattr(self.criterion, "observe"):
-                self.criterion.observe(teacher_logits, y)
+                self.criterion.observe(teacher_logits, labels)
         out["loss"] = loss
         return out
 
