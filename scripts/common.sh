@@ -107,7 +107,8 @@ join_by_comma() {
 # run_dir CELL SEED: where the run of CELL with SEED lives (the run_name convention of the cells).
 run_dir() { echo "$RUNS/${1//\//-}-s$2"; }
 
-# train ENTRY CELL... [-- OVERRIDE...]: one Hydra multirun over CELL x SEEDS, resumable.
+# train ENTRY CELL... [-- OVERRIDE...]: one Hydra multirun over CELL x SEEDS, resumable. In smoke mode the
+# KD_SMOKE / AT_SMOKE overrides come first, unless the script sets its own array SMOKE_OVERRIDES.
 train() {
   local entry=$1
   shift
@@ -123,7 +124,13 @@ train() {
   done
   local smoke=()
   if [[ "$SMOKE" == 1 ]]; then
-    if [[ "$entry" == train_kd.py ]]; then smoke=("${KD_SMOKE[@]}"); else smoke=("${AT_SMOKE[@]}"); fi
+    if [[ -n "${SMOKE_OVERRIDES+set}" ]]; then
+      smoke=(${SMOKE_OVERRIDES[@]+"${SMOKE_OVERRIDES[@]}"}) # a script's own smoke data (generated trees)
+    elif [[ "$entry" == train_kd.py ]]; then
+      smoke=("${KD_SMOKE[@]}")
+    else
+      smoke=("${AT_SMOKE[@]}")
+    fi
   fi
   say "training ${#cells[@]} cell(s) x seeds {$SEEDS} with $entry -> $RUNS"
   # shellcheck disable=SC2016  # ${run_name} is a Hydra interpolation, not a shell variable

@@ -28,6 +28,7 @@ Which number is ours (results/README.md says the same):
 
 * KD: top-1 on the test set after the last epoch (``acc_last``) and the best epoch's
   (``acc_best``, mdistiller's ``best_acc``: selected on the test set, optimistic); Δ for both.
+  Long-tailed data (Table 5) adds the many/medium/few-shot accuracies of the last epoch.
 * AT: the clean and robust accuracy of the weights eval_autoattack.py evaluated (the run's
   ``ema_epoch.pt``, the official swa.py model, after the last epoch; for the generated-data cells
   ``ema_iter.pt``, DM-AT's per-iteration weight average), from its ``result.json`` at
@@ -93,9 +94,12 @@ class Metric:
     key: str  # our value (see run_metrics)
     header: str
     paper: str  # metric name in results/paper/*.csv
+    compare: bool = True  # False: ours only (no paper / Δ columns), e.g. numbers the paper does not report
 
 
 TOP1 = Metric("top1", "Top-1", "top1")
+# Long-tailed data: per-group accuracy of the last epoch (classes with > 100, 20..100, < 20 train images)
+SHOT_GROUPS = tuple(Metric(g, f"{g.capitalize()}-shot", g, compare=False) for g in ("many", "medium", "few"))
 TEACHER = Metric("teacher_top1", "Teacher", "teacher_top1")
 CLEAN = Metric("clean", "Clean", "clean")
 AA = Metric("aa", "AA", "aa")
@@ -139,6 +143,19 @@ KD_METHODS = (
     ("ikl_gi", "IKL-KD as described (GI on)"),
     ("kd", "KD"),
     ("dkd", "DKD"),
+)
+LT_CELLS = (
+    ("baseline_x101", "ResNeXt-101-32x4d alone (the teacher)"),
+    ("baseline_r18", "ResNet-18 alone"),
+    ("baseline_r50", "ResNet-50 alone"),
+    ("kl_x101_r18", "ResNeXt-101 → ResNet-18, KL-KD"),
+    ("ikl_x101_r18", "ResNeXt-101 → ResNet-18, IKL-KD"),
+    ("kl_x101_r50", "ResNeXt-101 → ResNet-50, KL-KD"),
+    ("ikl_x101_r50", "ResNeXt-101 → ResNet-50, IKL-KD"),
+    ("kl_r18_r18", "self-KD ResNet-18, KL-KD"),
+    ("ikl_r18_r18", "self-KD ResNet-18, IKL-KD"),
+    ("kl_r50_r50", "self-KD ResNet-50, KL-KD"),
+    ("ikl_r50_r50", "self-KD ResNet-50, IKL-KD"),
 )
 TEACHER_NAMES = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "ResNet50")
 
@@ -234,6 +251,16 @@ TABLES: dict[str, TableSpec] = {
                 "kd_imagenet/ikl_res50_mv1": "ResNet50→MobileNetV1, IKL-KD",
                 "kd_imagenet/kd_res50_mv1": "ResNet50→MobileNetV1, KD",
             },
+        ),
+        TableSpec(
+            "table5_kd_imagenet_lt",
+            "Table 5: KD on ImageNet-LT (top-1 on the test split; many/medium/few-shot of the last epoch)",
+            tuple(f"kd_imagenet_lt/{c}" for c, _ in LT_CELLS),
+            (TEACHER, TOP1, *SHOT_GROUPS),
+            ("P-T5", "RD-LT"),
+            "imagenet_lt",
+            "scripts/kd_imagenet_lt.sh",
+            {f"kd_imagenet_lt/{c}": label for c, label in LT_CELLS},
         ),
         TableSpec(
             "table7_wmse",
@@ -385,6 +412,20 @@ TABLES: dict[str, TableSpec] = {
             "cifar100",
             "scripts/kd_cifar100.sh",
             _kd_cifar_labels(),
+        ),
+        TableSpec(
+            "table15_kd_strong",
+            "Table 15: ImageNet KD with a strong recipe (timm RSB A2 + KD, 300 epochs), BEiT-L → ResNet-50 (top-1)",
+            ("kd_strong/kd_beitl_res50", "kd_strong/dkd_beitl_res50", "kd_strong/ikl_beitl_res50"),
+            (TEACHER, TOP1),
+            ("P-T15",),
+            "imagenet",
+            "scripts/kd_strong.sh",
+            {
+                "kd_strong/kd_beitl_res50": "KD",
+                "kd_strong/dkd_beitl_res50": "DKD",
+                "kd_strong/ikl_beitl_res50": "IKL-KD (GI on)",
+            },
         ),
         TableSpec(
             "teachers_cifar100",
@@ -549,6 +590,7 @@ def run_metrics(run: Run) -> dict[str, Any]:
             s.get("test_ema_iter_acc_last", s.get("acc_last") if "test_pgd_acc_last" in s else None),
         ),
         "subset_aa": False,
+        **{g.key: s.get(f"test_acc_{g.key}_last") for g in SHOT_GROUPS},
     }
     main = _pick(run.evaluations, 8.0)
     if main is not None:
@@ -619,6 +661,9 @@ def _row_cells(spec: TableSpec, cell: str, runs: list[Run], paper: dict) -> tupl
             cells += [fmt_stat(last), fmt_stat(best), fmt_paper(pv), fmt_delta(last, pv), fmt_delta(best, pv)]
             continue
         stat = mean_std([m.get(metric.key) for m in metrics])
+        if not metric.compare:
+            cells.append(fmt_stat(stat))
+            continue
         shown = fmt_stat(stat)
         if metric.key == "clean" and stat is None:
             stat = mean_std([m.get("train_clean") for m in metrics])
@@ -632,6 +677,8 @@ def render_table(spec: TableSpec, grouped: dict[str, list[tuple[str, list[Run]]]
     for metric in spec.metrics:
         if metric.key == "top1":
             header += [f"{metric.header} last", f"{metric.header} best", "Paper", "Δ last", "Δ best"]
+        elif not metric.compare:
+            header.append(metric.header)
         else:
             header += [metric.header, "Paper", "Δ"]
     header.append("Paper source")

@@ -100,7 +100,7 @@ def test_the_message_lists_the_choices():
     with pytest.raises(ConfigError) as info:
         overrides.check_overrides(["dataset=bogus"])
     assert str(info.value).endswith(
-        "; choose one of: cifar10, cifar100, cifar100_generated, cifar10_generated, digits, digits_generated, imagenet"
+        "; choose one of: cifar10, cifar100, cifar100_generated, cifar10_generated, digits, digits_generated, imagenet, imagenet_lt"
     )
     with pytest.raises(ConfigError, match=r"choose one of: at_ablation/<name>, at_cifar10/<name>"):
         overrides.check_overrides(["experiment=does/not/exist"])

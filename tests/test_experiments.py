@@ -67,9 +67,10 @@ AT = {
     "at_cifar100/trades": ("cifar100", "trades", None, None, None, None, None, "basic", None, 9.0),
     "at_cifar100/trades_autoaug": ("cifar100", "trades", None, None, None, None, None, "autoaug", 0.3, 9.0),
     "at_cifar10/ikl_at": ("cifar10", "ikl_at", 3.0, 20.0, 4.0, True, True, "basic", None, None),
-    "at_cifar10/ikl_at_autoaug": ("cifar10", "ikl_at", 3.0, 20.0, 4.0, True, True, "autoaug", 0.3, None),
+    # DKLv2 sh/train_dkl_cifar10_autoaug.sh: --alpha 4 --beta 20 --gamma 1.0 --T 4 --aug_weight 0.5
+    "at_cifar10/ikl_at_autoaug": ("cifar10", "ikl_at", 4.0, 20.0, 4.0, True, True, "autoaug", 0.5, None),
     "at_cifar10/trades": ("cifar10", "trades", None, None, None, None, None, "basic", None, 6.0),
-    "at_cifar10/trades_autoaug": ("cifar10", "trades", None, None, None, None, None, "autoaug", 0.3, 6.0),
+    "at_cifar10/trades_autoaug": ("cifar10", "trades", None, None, None, None, None, "autoaug", 0.5, 6.0),
     # Table 1 rows (b), (c): sample-wise weights at temperature 1, without GI, with / without BA.
     "at_ablation/dkl": ("cifar100", "ikl_at", 5.0, 20.0, 1.0, False, False, "basic", None, None),
     "at_ablation/dkl_ba": ("cifar100", "ikl_at", 5.0, 20.0, 1.0, False, True, "basic", None, None),
@@ -139,6 +140,22 @@ GENERATED = {
     ),
     "at_generated/trades_cifar10_1m": ("cifar10", "trades", None, None, "cifar10/1m.npz", 512, 400),
 }
+# DKLv1/Imbalanced_KD-dkl/sh/Distill/ImageNetLT_train_*.sh (PAPER.md §5.4; README baselines for the teachers):
+# cell: (teacher, student, loss, KL --distill_w or None, IKL --alpha (sCE), IKL --beta (wMSE), teacher cell, teacher acc)
+LT = {
+    "baseline_x101": (None, "imagenet_resnext101_32x4d", "ce", None, None, None, None, None),
+    "baseline_r18": (None, "imagenet_resnet18", "ce", None, None, None, None, None),
+    "baseline_r50": (None, "imagenet_resnet50", "ce", None, None, None, None, None),
+    "kl_x101_r18": ("imagenet_resnext101_32x4d", "imagenet_resnet18", "kd", 4.0, None, None, "baseline_x101", 48.024),
+    "kl_x101_r50": ("imagenet_resnext101_32x4d", "imagenet_resnet50", "kd", 3.0, None, None, "baseline_x101", 48.024),
+    "ikl_x101_r18": ("imagenet_resnext101_32x4d", "imagenet_resnet18", "ikl", None, 4.0, 4.0, "baseline_x101", 48.024),
+    "ikl_x101_r50": ("imagenet_resnext101_32x4d", "imagenet_resnet50", "ikl", None, 3.0, 4.0, "baseline_x101", 48.024),
+    "kl_r18_r18": ("imagenet_resnet18", "imagenet_resnet18", "kd", 4.0, None, None, "baseline_r18", 41.150),
+    "kl_r50_r50": ("imagenet_resnet50", "imagenet_resnet50", "kd", 1.0, None, None, "baseline_r50", 45.476),
+    "ikl_r18_r18": ("imagenet_resnet18", "imagenet_resnet18", "ikl", None, 1.0, 0.5, "baseline_r18", 41.150),
+    "ikl_r50_r50": ("imagenet_resnet50", "imagenet_resnet50", "ikl", None, 1.0, 1.0, "baseline_r50", 45.476),
+}
+STRONG = ("kd_beitl_res50", "dkd_beitl_res50", "ikl_beitl_res50")
 
 EXPECTED_CELLS = sorted(
     [f"kd_cifar100/{m}_{p}" for p in KD_PAIRS for m in KD_METHODS]
@@ -147,6 +164,8 @@ EXPECTED_CELLS = sorted(
     + list(KD_ABLATION)
     + [f"kd_teachers/{t}" for t in TEACHERS]
     + list(GENERATED)
+    + [f"kd_imagenet_lt/{c}" for c in LT]
+    + [f"kd_strong/{c}" for c in STRONG]
 )
 
 
@@ -162,6 +181,8 @@ def test_the_experiment_files_are_exactly_the_paper_cells():
         "at_cifar10": 4,
         "at_ablation": 11,
         "at_generated": 8,
+        "kd_imagenet_lt": 11,
+        "kd_strong": 3,
     }
 
 
@@ -197,7 +218,7 @@ def test_experiment_files_are_overrides_only_with_provenance(cell):
     defaults = raw.pop("defaults")
     assert all(isinstance(d, dict) and all(k.startswith("override /") for k in d) for d in defaults)
     groups = {k.removeprefix("override /"): v for d in defaults for k, v in d.items()}
-    assert set(groups) <= {"dataset", "loss", "model", "student", "teacher", "scheduler"}
+    assert set(groups) <= {"dataset", "loss", "model", "student", "teacher", "scheduler", "optimizer", "recipe"}
     base = base_config(primary(cell), tuple(f"{g}={groups[g]}" for g in VALUE_GROUPS if g in groups))
     raw.pop("cell")
     raw.pop("run_name")
@@ -315,7 +336,11 @@ def test_at_cell(cell):
     assert get(cfg, "batch_size") == 128 and get(cfg, "test_batch_size") == 128
     assert get(cfg, "optimizer.lr") == 0.2 and get(cfg, "optimizer.momentum") == 0.9
     assert get(cfg, "optimizer.weight_decay") == 5e-4
-    assert get(cfg, "scheduler._target_") == "ikl.engine.schedules.official_cosine"
+    # TRADES cells: the official TRADES script's cosine and drop_last; IKL-AT: the DKL scripts' (PAPER.md §2.1)
+    trades = loss_name == "trades"
+    schedule = "trades_cosine" if trades else "official_cosine"
+    assert get(cfg, "scheduler._target_") == f"ikl.engine.schedules.{schedule}"
+    assert get(cfg, "trainer.drop_last") is trades and get(cfg, "trainer.aug_repeats") == 1
     eps = check_eps(get(cfg, "attack.eps"))
     assert eps == pytest.approx(8 / 255, abs=0) and get(cfg, "attack.eps_ramp") is True
     for epoch in (1, 100, 200):  # as run: 5 steps of eps_e/2 in every epoch, eps_e = eps*e/E
@@ -398,6 +423,83 @@ def test_teacher_cell(name):
     assert get(cfg, "trainer.epochs") == 240 and get(cfg, "batch_size") == 64
     assert get(cfg, "optimizer.lr") == 0.05 and get(cfg, "optimizer.weight_decay") == 5e-4
     assert list(get(cfg, "scheduler.milestones")) == [150, 180, 210]
+
+
+# ----------------------------------------------------------------------------- ImageNet-LT (Table 5)
+@pytest.mark.parametrize("cell", list(LT))
+def test_kd_imagenet_lt_cell(cell):
+    teacher, student, loss_name, distill_w, alpha, beta, teacher_cell, teacher_acc = LT[cell]
+    cfg = composed(f"kd_imagenet_lt/{cell}")
+    # imagenetlt_distill_dkl.py + the sh scripts: train split, test split every epoch, groups at 100 / 20
+    assert get(cfg, "dataset.name") == "imagenet_lt" and get(cfg, "dataset.num_classes") == 1000
+    builder = cfg.dataset.builder
+    assert (builder.train_split, builder.test_split, builder.augment) == ("train", "test", "basic")
+    assert (builder.many_threshold, builder.few_threshold) == (100, 20) and builder.image_size == 224
+    assert list(builder.mean) == [0.485, 0.456, 0.406] and list(builder.std) == [0.229, 0.224, 0.225]
+    assert get(cfg, "student.name") == student
+    assert get(cfg, "batch_size") == 128 and get(cfg, "test_batch_size") == 128
+    assert get(cfg, "trainer.epochs") == 90 and get(cfg, "trainer.drop_last") is True
+    assert get(cfg, "trainer.amp") == "off"  # no --fp16
+    opt = cfg.optimizer
+    assert (opt._target_, opt.lr, opt.momentum, opt.weight_decay) == ("torch.optim.SGD", 0.05, 0.9, 5e-4)
+    assert get(cfg, "scheduler._target_") == "ikl.engine.schedules.official_lt_cosine"
+    assert get(cfg, "scheduler.warmup_epochs") == 10  # --warmup_epochs default 10, --cos default True
+    loss = cfg.loss
+    assert loss.name == loss_name
+    if teacher is None:
+        assert loss.criterion is None
+        return
+    assert get(cfg, "teacher.name") == teacher
+    assert get(cfg, "teacher.checkpoint").endswith(f"/kd_imagenet_lt-{teacher_cell}-s0/checkpoints/final.pt")
+    assert get(cfg, "teacher.expected_acc") == teacher_acc
+    assert loss.ce_weight == 1.0 and loss.warmup_epochs == 0 and loss.temperature == 1.0
+    if loss_name == "kd":  # CE + distill_w * T^2 * KL at T = 1
+        assert loss.kd_weight == distill_w
+    else:  # IKL_KD: beta * wMSE + alpha * sCE, GI off (no --GI), T2 = 100 (default)
+        assert (loss.sce_weight, loss.wmse_weight) == (alpha, beta)
+        assert loss.class_wise is False and loss.prior_temperature == 100.0 and loss.break_asymmetry is True
+        assert loss.weight_power == 1.0 and loss.normalize is False
+
+
+# ----------------------------------------------------------------------------- strong recipe (Table 15)
+@pytest.mark.parametrize("cell", STRONG)
+def test_kd_strong_cell(cell):
+    cfg = composed(f"kd_strong/{cell}")
+    # VanillaKD readme "Strategy A2" (train-kd.py flags, timm defaults)
+    assert get(cfg, "dataset.name") == "imagenet"
+    assert get(cfg, "teacher.name") == "timm/beit_large_patch16_224.in22k_ft_in22k_in1k"
+    assert str(get(cfg, "teacher.kwargs.pretrained")).lower() == "true" and get(cfg, "teacher.checkpoint") is None
+    assert list(get(cfg, "teacher.kwargs.input_mean")) == list(get(cfg, "dataset.builder.mean"))
+    assert get(cfg, "student.name") == "timm/resnet50" and get(cfg, "student.kwargs.drop_path_rate") == 0.05
+    assert get(cfg, "batch_size") == 2048 and get(cfg, "trainer.epochs") == 300
+    assert get(cfg, "trainer.aug_repeats") == 3 and get(cfg, "trainer.drop_last") is True
+    opt = cfg.optimizer
+    assert (opt._target_, opt.lr, opt.weight_decay, opt.decay_1d) == ("ikl.engine.optimizers.lamb", 5e-3, 0.02, False)
+    sched = cfg.scheduler
+    assert sched._target_ == "ikl.engine.schedules.warmup_cosine"
+    assert (sched.epochs, sched.warmup_epochs, sched.warmup_lr, sched.min_lr) == (300, 5, 1e-6, 1e-6)
+    builder = cfg.dataset.builder
+    assert builder.augment == "timm" and builder.timm_train.auto_augment == "rand-m7-mstd0.5"
+    assert builder.timm_train.interpolation == "random" and builder.timm_train.re_prob == 0.0
+    assert (builder.timm_test.crop_pct, builder.timm_test.interpolation) == (0.95, "bicubic")
+    mixup = cfg.mixup
+    assert (mixup._target_, mixup.mixup_alpha, mixup.cutmix_alpha, mixup.prob, mixup.switch_prob) == (
+        "timm.data.Mixup",
+        0.1,
+        1.0,
+        1.0,
+        0.5,
+    )
+    assert mixup.label_smoothing == 0.0 and get(cfg, "mixup.num_classes") == 1000
+    assert cfg.loss.supervised._target_ == "timm.loss.BinaryCrossEntropy" and cfg.loss.supervised.smoothing == 0.0
+    loss = cfg.loss
+    assert loss.ce_weight == 1.0 and loss.temperature == 1.0 and loss.warmup_epochs == 0
+    if cell.startswith("kd_"):
+        assert loss.kd_weight == 1.0
+    elif cell.startswith("dkd_"):  # --dkd-alpha 1 --dkd-beta 2 (train-kd.py defaults)
+        assert (loss.alpha, loss.beta) == (1.0, 2.0)
+    else:  # our choice: the released ImageNet IKL-KD weights (no official config for this table)
+        assert (loss.sce_weight, loss.wmse_weight, loss.class_wise, loss.prior_temperature) == (1.0, 0.5, True, 1.0)
 
 
 # ----------------------------------------------------------------------------- sweeps, launcher

@@ -7,6 +7,7 @@ time (CI has two cores; a smoke run is mostly interpreter start-up and single-th
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,8 @@ SCRIPTS = [
     "kd_cifar100",
     "train_teachers",
     "kd_imagenet",
+    "kd_imagenet_lt",
+    "kd_strong",
     "get_teachers",
 ]
 # What each script's smoke run must leave behind: run dirs of these cells (seed 0) and these tables.
@@ -69,6 +72,14 @@ EXPECTED = {
     ),
     "train_teachers": (["kd_teachers/resnet56", "kd_teachers/ResNet50"], ["teachers_cifar100"]),
     "kd_imagenet": (["kd_imagenet/ikl_res34_res18", "kd_imagenet/kd_res50_mv1"], ["table4_kd_imagenet"]),
+    "kd_imagenet_lt": (
+        ["kd_imagenet_lt/baseline_x101", "kd_imagenet_lt/ikl_x101_r50", "kd_imagenet_lt/kl_r18_r18"],
+        ["table5_kd_imagenet_lt"],
+    ),
+    "kd_strong": (
+        ["kd_strong/kd_beitl_res50", "kd_strong/dkd_beitl_res50", "kd_strong/ikl_beitl_res50"],
+        ["table15_kd_strong"],
+    ),
     "get_teachers": ([], []),
 }
 # The script that evaluates with AutoAttack in smoke mode: its first cell's seed-0 run.
@@ -147,6 +158,20 @@ def test_smoke_mode_runs(smoke, name):
     if name == "train_teachers":
         link = out / "teachers" / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
         assert link.resolve() == (run_dir(out, "kd_teachers/resnet32x4") / "checkpoints" / "final.pt").resolve()
+    if name == "kd_imagenet_lt":  # a generated tree in the real split-file format; groups in every summary
+        assert (out / "imagenet_lt" / "ImageNet_LT_train.txt").is_file()
+        for cell in cells:
+            summary = json.loads((run_dir(out, cell) / "summary.json").read_text())
+            assert {"test_acc_many_last", "test_acc_medium_last", "test_acc_few_last"} <= summary.keys(), cell
+        config = yaml.safe_load((run_dir(out, "kd_imagenet_lt/ikl_x101_r50") / "config.yaml").read_text())
+        assert config["teacher"]["checkpoint"] == str(
+            run_dir(out, "kd_imagenet_lt/baseline_x101") / "checkpoints" / "final.pt"
+        )
+    if name == "kd_strong":  # the timm teacher came from the saved state-dict file, through the input adapter
+        config = yaml.safe_load((run_dir(out, "kd_strong/ikl_beitl_res50") / "config.yaml").read_text())
+        assert config["teacher"]["kwargs"]["pretrained"] == str(out / "test_vit_weights.pth")
+        assert "inputs mapped to mean (0.5, 0.5, 0.5)" in proc.stdout + proc.stderr
+        assert config["trainer"]["aug_repeats"] == 3 and config["mixup"]["_target_"] == "timm.data.Mixup"
     if name == "get_teachers":
         assert "2 teachers verified" in proc.stdout and "loads strictly" in proc.stdout
         assert (out / "cifar_teachers" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth").is_file()

@@ -470,6 +470,8 @@ def build_data(cfg: DictConfig, start: Start | Session):
         rank=dist_info.rank,
         world_size=dist_info.world_size,
         pin_memory=start.device.type == "cuda",
+        drop_last=cfg.trainer.drop_last,
+        aug_repeats=cfg.trainer.aug_repeats,
     )
     loader = cfg.trainer.loader
     if loader == "auto":  # the device-resident loader where it pays: CUDA, in-memory uint8 data, one view
@@ -487,6 +489,7 @@ def build_data(cfg: DictConfig, start: Start | Session):
                 rank=dist_info.rank,
                 world_size=dist_info.world_size,
                 channels_last=cfg.trainer.channels_last,
+                drop_last=cfg.trainer.drop_last,
             )
     elif loader != "standard":
         raise ConfigError(f"trainer.loader={loader!r} is not one of auto, standard, device")
@@ -589,6 +592,7 @@ def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monit
         sink=session.sink,
         dist_info=session.dist,
         weights_meta=weights_meta(model_name, datasets.num_classes, datasets, session.identity),
+        class_groups=datasets.class_groups,
     )
     if session.resume_state is not None:
         trainer.restore(session.resume_state)

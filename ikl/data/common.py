@@ -3,7 +3,7 @@ and deterministic subsetting."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,9 @@ class Datasets:
     :func:`ikl.data.build_loaders` uses instead: ``factory(batch_size=<global>, seed=, rank=,
     world_size=)`` returning a batch sampler with ``set_epoch``, ``seed`` and ``rank`` (e.g. the
     real + generated mixing of :class:`ikl.data.MixedBatchSampler`).
+    ``class_groups`` names groups of classes (e.g. many/medium/few-shot of a long-tailed train
+    set, :func:`ikl.data.long_tail.shot_groups`); the per-epoch evaluation then also reports the
+    accuracy of each group (``test/acc_<group>``).
     """
 
     train: Dataset
@@ -57,6 +60,7 @@ class Datasets:
     crop_flip: CropFlip | None = None
     two_view: bool = False
     train_batch_sampler: Callable[..., Any] | None = None
+    class_groups: Mapping[str, Sequence[int]] | None = None
 
 
 class UInt8ImageDataset(Dataset):

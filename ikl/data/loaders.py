@@ -79,6 +79,56 @@ class EpochRandomSampler(Sampler[int]):
         return self.num_samples
 
 
+class RepeatedAugmentationSampler(Sampler[int]):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT, timm's ``RepeatAugSampler``): each image
+    ``repeats`` times per epoch, its copies on different ranks, the epoch still ~``len(dataset)``
+    images long.
+
+    The order of epoch ``e`` is ``randperm(n)`` seeded with ``seed + e`` (timm: ``e``), each index
+    repeated ``repeats`` times in a row, wrapped to a multiple of ``world_size`` and dealt out
+    round-robin, so consecutive copies go to consecutive ranks (on one process they share a
+    batch). Each rank yields the first ``floor(n // selected_round * selected_round / world_size)``
+    of its share (``ceil(n / world_size)`` when ``n < selected_round``), as timm 1.0 does, so
+    with ``seed=0`` the indices equal ``timm.data.distributed_sampler.RepeatAugSampler``'s.
+    """
+
+    def __init__(
+        self,
+        data_source: Sized | int,
+        *,
+        repeats: int = 3,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        selected_round: int = 256,
+    ) -> None:
+        if repeats < 1 or int(repeats) != repeats:
+            raise ValueError(f"repeats must be a positive whole number, got {repeats}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.n = data_source if isinstance(data_source, int) else len(data_source)
+        self.repeats, self.seed, self.rank, self.world_size = int(repeats), seed, rank, world_size
+        self.epoch = 0
+        self.total_size = math.ceil(self.n * self.repeats / world_size) * world_size
+        if selected_round and self.n >= selected_round:
+            selected = (self.n // selected_round * selected_round) // world_size
+        else:
+            selected = math.ceil(self.n / world_size)
+        self.num_selected = min(selected, self.total_size // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).repeat_interleave(self.repeats).tolist()
+        picks = range(self.rank, self.total_size, self.world_size)[: self.num_selected]
+        return iter([order[i % len(order)] for i in picks])
+
+    def __len__(self) -> int:
+        return self.num_selected
+
+
 class ShardedEvalSampler(Sampler[int]):
     """Rank ``r`` of ``world_size`` gets indices ``r, r + world_size, ...``: no padding.
 
@@ -153,6 +203,7 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = False,
+    aug_repeats: int = 1,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
     """(train, test) loaders. ``batch_size`` and ``test_batch_size`` are GLOBAL batch sizes.
@@ -160,10 +211,11 @@ def build_loaders(
     Under ``world_size > 1`` each rank loads ``batch_size // world_size`` per step, the train
     set through ``DistributedSampler(shuffle=True, seed=seed)`` and the test set through
     :class:`ShardedEvalSampler` (each test sample exactly once overall). Single process: the
-    train set through :class:`EpochRandomSampler`. When ``datasets.train_batch_sampler`` is set (real +
-    generated data), the train batches come from the batch sampler it builds for this rank instead
-    (its own epoch length and composition; ``drop_last`` does not apply). Call :func:`set_epoch` on
-    the train loader every epoch. ``drop_last`` applies to the train loader only.
+    train set through :class:`EpochRandomSampler`; with ``aug_repeats > 1`` through
+    :class:`RepeatedAugmentationSampler` (any world size). When ``datasets.train_batch_sampler`` is set
+    (real + generated data), the train batches come from the batch sampler it builds for this rank
+    instead (its own epoch length and composition; ``drop_last`` and ``aug_repeats`` do not apply).
+    Call :func:`set_epoch` on the train loader every epoch. ``drop_last`` applies to the train loader only.
     """
     train_bs = per_rank_batch(batch_size, world_size)
     test_bs = per_rank_batch(test_batch_size or batch_size, world_size, "test_batch_size")
@@ -173,10 +225,12 @@ def build_loaders(
     if datasets.train_batch_sampler is not None:
         batches = datasets.train_batch_sampler(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
         return DataLoader(datasets.train, batch_sampler=batches, generator=generator, **common), test
-    if world_size > 1:
-        train_sampler: Sampler[int] = DistributedSampler(
-            datasets.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+    if aug_repeats > 1:
+        train_sampler: Sampler[int] = RepeatedAugmentationSampler(
+            datasets.train, repeats=aug_repeats, seed=seed, rank=rank, world_size=world_size
         )
+    elif world_size > 1:
+        train_sampler = DistributedSampler(datasets.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     else:
         train_sampler = EpochRandomSampler(datasets.train, seed=seed)
     train = DataLoader(

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ikl.data import group_accuracies
 from ikl.data import set_epoch as set_loader_epoch
 from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
@@ -112,12 +113,19 @@ def to_device(batch, device: torch.device, channels_last: bool) -> tuple[torch.T
 
 @torch.no_grad()
 def classification_counts(
-    model: nn.Module, loader: DataLoader, device: torch.device, *, amp: str = "off", channels_last: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+    num_classes: int = 0,
 ) -> torch.Tensor:
-    """[correct@1, correct@5, n] summed over this rank's shard (all-reduce to combine)."""
+    """[correct@1, correct@5, n] summed over this rank's shard (all-reduce to combine); with
+    ``num_classes`` C, then correct@1 per class and images per class (``3 + 2C`` entries)."""
     was_training = model.training
     model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=device)
+    counts = torch.zeros(3 + 2 * num_classes, dtype=torch.float64, device=device)
     dtype = AMP_DTYPES[amp]
     for batch in loader:
         x, y = to_device(batch, device, channels_last)
@@ -125,17 +133,25 @@ def classification_counts(
             logits = model(x)
         top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(y.unsqueeze(1))
-        counts += torch.tensor(
+        counts[:3] += torch.tensor(
             [hits[:, 0].sum().item(), hits.any(1).sum().item(), len(y)], device=device, dtype=counts.dtype
         )
+        if num_classes:  # correct@1 of class c at 3 + c, images of class c at 3 + C + c
+            counts.index_add_(0, 3 + y, hits[:, 0].to(counts.dtype))
+            counts.index_add_(0, 3 + num_classes + y, torch.ones_like(counts[3 + y]))
     model.train(was_training)
     return counts
 
 
-def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, **kw) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) over every test sample exactly once across ranks."""
-    correct1, correct5, n = all_reduce_sum(classification_counts(model, loader, device, **kw)).tolist()
-    return {"acc": 100.0 * correct1 / max(n, 1), "acc_top5": 100.0 * correct5 / max(n, 1), "n": int(n)}
+def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, **kw) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (%) over every test sample exactly once across ranks (with ``num_classes``,
+    also ``class_correct`` / ``class_n``: per-class counts as float64 CPU tensors)."""
+    counts = all_reduce_sum(classification_counts(model, loader, device, **kw)).cpu()
+    correct1, correct5, n = counts[:3].tolist()
+    out = {"acc": 100.0 * correct1 / max(n, 1), "acc_top5": 100.0 * correct5 / max(n, 1), "n": int(n)}
+    if kw.get("num_classes"):
+        out["class_correct"], out["class_n"] = counts[3:].chunk(2)
+    return out
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -297,7 +313,9 @@ class Trainer:
         sink: MetricSink,
         dist_info: DistInfo | None = None,
         weights_meta: Mapping[str, Any] | None = None,
+        class_groups: Mapping[str, Any] | None = None,
     ) -> None:
+        self.class_groups = dict(class_groups or {})  # name -> class indices: test/acc_<name> each evaluation
         self.task = task
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -515,8 +533,15 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict[str, float]:
         tic = time.perf_counter()
         kw = dict(amp=self.settings.amp, channels_last=self.settings.channels_last)
+        if self.class_groups:  # per-class counts for the group accuracies
+            kw["num_classes"] = self.weights_meta.get("num_classes") or 1 + max(
+                c for v in self.class_groups.values() for c in v
+            )
         result = evaluate_classifier(self.task.model, self.test_loader, self.device, **kw)
         metrics = {"test/acc": result["acc"], "test/acc_top5": result["acc_top5"], "test/n": result["n"]}
+        if self.class_groups:
+            groups = group_accuracies(result["class_correct"], result["class_n"], self.class_groups)
+            metrics.update({f"test/acc_{name}": value for name, value in groups.items()})
         metrics.update(self.task.evaluate(self.test_loader, self.device, epoch))
         metrics["time/eval"] = time.perf_counter() - tic
         return metrics

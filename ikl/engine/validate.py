@@ -21,6 +21,7 @@ POSITIVE_INT_KEYS = {
     "steps_per_epoch",
     "log_every",  # trainer: step % log_every
     "save_every",  # trainer: epoch % save_every; AutoAttack: batches per state save
+    "aug_repeats",  # trainer: repeated augmentation (1 = off)
 }
 NON_NEGATIVE_INT_KEYS = {
     "finite_check_every",
