@@ -162,3 +162,18 @@ def test_register_model_adds_a_name(monkeypatch):
         register_model("resnet8", tiny)
     with pytest.raises(ValueError, match="built-in model name"):
         register_model("timm/mine", tiny)
+
+
+@pytest.mark.slow
+def test_a_timm_student_trains_and_its_checkpoint_rebuilds_by_name(tmp_path, one_thread):
+    from ikl.cli import train_kd
+    from ikl.engine.checkpoint import load_model_weights
+    from tests.runutils import TINY_DIGITS, compose_config
+
+    overrides = [*TINY_DIGITS, "loss=ce", "student=timm_resnet50", "student.name=timm/test_resnet"]
+    overrides += ["+student.kwargs.drop_path_rate=0.05", "trainer.epochs=1", f"run_dir={tmp_path / 'run'}"]
+    summary = train_kd.run(compose_config("train_kd", overrides))
+    assert summary["student"] == "timm/test_resnet" and summary["epochs"] == 1
+    final = tmp_path / "run" / "checkpoints" / "final.pt"
+    container = load_model_weights(create_model("timm/test_resnet", 10), final)  # strict: the same layout
+    assert container["model_name"] == "timm/test_resnet"
