@@ -123,6 +123,23 @@ def test_kd_table_has_one_row_per_cell_with_the_paper_beside_ours(tmp_path):
     assert (tmp_path / "p" / "curves_table13_14_kd_cifar100.png") in written
 
 
+def test_imagenet_lt_table_shows_the_shot_groups_of_the_last_epoch(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, many in enumerate([60.0, 62.0]):
+        summary = {"acc_last": 49.0 + seed, "acc_best": 49.5 + seed, "teacher_acc": 48.0}
+        summary.update(test_acc_many_last=many, test_acc_medium_last=45.0, test_acc_few_last=20.0 + seed)
+        fake_run(runs, "kd_imagenet_lt/ikl_x101_r50", seed, dataset="imagenet_lt", epochs=90, summary=summary)
+    make_tables.build([runs], ["table5_kd_imagenet_lt"], tmp_path / "t", None, PAPER_DIR)
+    text = (tmp_path / "t" / "table5_kd_imagenet_lt.md").read_text()
+    cell = "kd_imagenet_lt/ikl_x101_r50"
+    assert header(text)[-4:] == ["Many-shot", "Medium-shot", "Few-shot", "Paper source"]  # ours only
+    assert column(text, cell, "Many-shot") == "61.00 ± 1.41" and column(text, cell, "Few-shot") == "20.50 ± 0.71"
+    assert column(text, cell, "Top-1 last") == "49.50 ± 0.71" and column(text, cell, "Paper", 1) == "49.29"
+    assert column(text, cell, "Paper", 0) == "48.02"  # the README's ResNeXt-101 baseline, the teacher
+    assert column(text, "kd_imagenet_lt/baseline_x101", "Paper", 1) == "48.02"
+    assert "†" not in column(text, cell, "Seeds")
+
+
 def test_smoke_and_unfinished_runs_are_marked(tmp_path):
     fake_run(
         tmp_path,
@@ -412,6 +429,13 @@ PAPER_SPOT_CHECKS = [
     ("P-T11", "at_generated/ikl_at_cifar100_50m", "pgd10", 44.43),
     ("P-T12", "at_generated/ikl_at_cifar100_50m", "clean", 73.85),
     ("RB", "at_generated/ikl_at_cifar10_20m", "aa", 67.73),
+    ("P-T5", "kd_imagenet_lt/ikl_x101_r50", "top1", 49.29),
+    ("P-T5", "kd_imagenet_lt/kl_x101_r18", "top1", 44.32),
+    ("RD-LT", "kd_imagenet_lt/ikl_r18_r18", "top1", 43.062),
+    ("RD-LT", "kd_imagenet_lt/baseline_x101", "top1", 48.024),
+    ("RD-LT", "kd_imagenet_lt/kl_r50_r50", "teacher_top1", 45.476),
+    ("P-T15", "kd_strong/ikl_beitl_res50", "top1", 80.98),
+    ("P-T15", "kd_strong/dkd_beitl_res50", "top1", 80.77),
 ]
 
 
@@ -423,7 +447,7 @@ def test_paper_numbers_match_paper_md(table, cell, metric, value):
 def test_paper_csvs_cover_sections_5_1_to_5_4():
     tables = {row["table"] for row in paper_rows()}
     assert tables >= {"P-T1", "P-T2", "P-T3", "P-T4", "P-T5", "P-T7", "P-T8", "P-T9", "P-T10", "P-T11", "P-T12"}
-    assert tables >= {"P-T13", "P-T14", "P-T15", "RD-A", "RD2-A", "RD-K", "RD2-K", "log"}
+    assert tables >= {"P-T13", "P-T14", "P-T15", "RD-A", "RD2-A", "RD-K", "RD2-K", "RD-LT", "log"}
     methods = {row["column"] for row in paper_rows()} | {row["row"] for row in paper_rows()}
     for baseline in ("ReviewKD", "CRD", "LBGAT", "LAS-AT", "ACAT", "DAJAT", "Wang et al. 50M", "Rice et al."):
         assert baseline in methods, baseline
