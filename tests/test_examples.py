@@ -38,9 +38,9 @@ def test_the_builder_follows_the_datasets_contract():
         shapes_datasets(train_per_class=0)
 
 
-def _summary(out: Path) -> dict:
-    (path,) = [p for p in out.rglob("summary.json") if "teachers" not in p.parts]
-    return json.loads(path.read_text())
+def _summary(out: Path, student: str) -> dict:
+    (found,) = [s for s in (json.loads(p.read_text()) for p in out.rglob("summary.json")) if s["student"] == student]
+    return found
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_configs_with_a_target_for_the_data_and_the_model(tmp_path):
         env={"IKL_CACHE": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = _summary(tmp_path)
+    summary = _summary(tmp_path, "tiny_cnn")
     assert (summary["dataset"], summary["student"], summary["teacher"], summary["epochs"]) == (
         "shapes",
         "tiny_cnn",
@@ -78,5 +78,6 @@ def test_python_with_a_registered_model(tmp_path):
         env={"IKL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)},  # as an installed ikl would be
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = _summary(tmp_path)
-    assert (summary["dataset"], summary["student"]) == ("shapes", "tiny_cnn_py") and summary["acc_last"] is not None
+    summary = _summary(tmp_path, "tiny_cnn_py")
+    assert (summary["dataset"], summary["teacher"]) == ("shapes", "resnet8") and summary["acc_last"] is not None
+    assert _summary(tmp_path, "resnet8")["loss"] == "ce"  # the teacher it trained first

@@ -217,7 +217,13 @@ def test_an_unreadable_image_is_one_line(lt_tree, tmp_path):
     data.train.samples[1] = (str(broken), 0)
     with pytest.raises(DataError, match="cannot read .*broken.JPEG .*listed in") as info:
         data.train[1]
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "skip_bad_images=true" in str(info.value)
+    lines = (root / "ImageNet_LT_train.txt").read_text().splitlines()
+    (tmp_path / "ImageNet_LT_train.txt").write_text("\n".join([*lines, "../broken.JPEG 0"]) + "\n")
+    (tmp_path / "ImageNet_LT_test.txt").write_text((root / "ImageNet_LT_test.txt").read_text())
+    (root.parent / "broken.JPEG").write_bytes(b"not a jpeg")  # listed relative to root as ../broken.JPEG
+    kept = imagenet_lt_datasets(root=str(root), split_dir=str(tmp_path), num_classes=5, skip_bad_images=True)
+    assert len(kept.train) == len(lines) and all("broken" not in p for p, _ in kept.train.samples)
 
 
 def test_dataset_config_composes_with_the_official_defaults():

@@ -172,6 +172,7 @@ def test_a_timm_student_trains_and_its_checkpoint_rebuilds_by_name(tmp_path, one
 
     overrides = [*TINY_DIGITS, "loss=ce", "student=timm_resnet50", "student.name=timm/test_resnet"]
     overrides += ["+student.kwargs.drop_path_rate=0.05", "trainer.epochs=1", f"run_dir={tmp_path / 'run'}"]
+    overrides += ["run_name=timm-student"]  # the default one would contain the '/' of timm/test_resnet
     summary = train_kd.run(compose_config("train_kd", overrides))
     assert summary["student"] == "timm/test_resnet" and summary["epochs"] == 1
     final = tmp_path / "run" / "checkpoints" / "final.pt"

@@ -10,7 +10,7 @@ Two ways to train them (both run by tests/test_examples.py):
     # 1. configs: a _target_ for the data set and for the model, from your own config folder
     python train_kd.py --config-dir examples/custom_data_and_model/configs dataset=shapes student=tiny_cnn
 
-    # 2. Python: register the model under a name, compose the same config, call the entry point
+    # 2. Python: register the model under a name, train a teacher, then distil it (two entry-point calls)
     PYTHONPATH=. python examples/custom_data_and_model/my_project.py
 
 Run both from the repository root (the configs name ``examples.custom_data_and_model.my_project``;
@@ -106,7 +106,10 @@ class TinyCNN(nn.Module):
 
 
 def main(argv: list[str]) -> dict:
-    """Register TinyCNN as ``tiny_cnn``, compose train_kd with this folder's configs, train."""
+    """Register TinyCNN as ``tiny_cnn_py``, train a resnet8 teacher with plain CE, distil it into TinyCNN.
+
+    ``argv``: further overrides for both runs (e.g. ``trainer.epochs=1 out_dir=/tmp/x``).
+    """
     from hydra import compose, initialize_config_dir
 
     from ikl.cli import train_kd
@@ -115,12 +118,14 @@ def main(argv: list[str]) -> dict:
 
     register_model("tiny_cnn_py", TinyCNN)  # now create_model("tiny_cnn_py", num_classes) builds it
     here = Path(__file__).resolve().parent / "configs"
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "train_kd",
-            [f"hydra.searchpath=[file://{here}]", "dataset=shapes", "student.name=tiny_cnn_py", *argv],
-        )
-    return train_kd.run(cfg)
+
+    def config(overrides: list[str]):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose("train_kd", [f"hydra.searchpath=[file://{here}]", "dataset=shapes", *argv, *overrides])
+
+    teacher = train_kd.run(config(["loss=ce", "student=resnet8"]))
+    weights = Path(teacher["run_dir"]) / "checkpoints" / "final.pt"
+    return train_kd.run(config(["student.name=tiny_cnn_py", "teacher=resnet8", f"teacher.checkpoint={weights}"]))
 
 
 if __name__ == "__main__":

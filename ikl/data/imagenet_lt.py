@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .common import DataError, Datasets, as_float_tuple, take_subset
-from .imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet_transforms
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD, _readable, imagenet_transforms
 from .long_tail import FEW_SHOT_THRESHOLD, MANY_SHOT_THRESHOLD, class_counts, shot_groups
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,16 @@ class SplitFileDataset(Dataset):
         *,
         num_classes: int,
         transform: Callable[[Image.Image], Any] | None = None,
+        skip_bad_images: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split_file = Path(split_file)
         self.samples = [(str(self.root / rel), label) for rel, label in read_split_file(self.split_file, num_classes)]
+        if skip_bad_images:  # every file checked once (PIL's header check), unreadable ones left out
+            good = [(path, label) for path, label in self.samples if _readable(path)]
+            if len(good) < len(self.samples):
+                log.warning("%s: skipping %d unreadable image files", self.split_file, len(self.samples) - len(good))
+            self.samples = good
         self.imgs = self.samples
         self.targets = [label for _, label in self.samples]
         self.transform = transform
@@ -100,10 +106,11 @@ class SplitFileDataset(Dataset):
         try:
             with open(path, "rb") as handle:
                 image = Image.open(handle).convert("RGB")
-        except OSError as err:
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a missing, damaged or non-image file
             raise DataError(
-                f"cannot read {path} (listed in {self.split_file}): {err.strerror or err}; "
-                "check dataset.builder.root (the ImageNet folder the split's paths are relative to)"
+                f"cannot read {path} (listed in {self.split_file}): {getattr(err, 'strerror', None) or err}; check "
+                "dataset.builder.root (the ImageNet folder the split's paths are relative to), or set "
+                "dataset.builder.skip_bad_images=true"
             ) from err
         return (self.transform(image) if self.transform else image), label
 
@@ -136,6 +143,7 @@ def imagenet_lt_datasets(
     few_threshold: int = FEW_SHOT_THRESHOLD,
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
+    skip_bad_images: bool = False,
 ) -> Datasets:
     """ImageNet-LT: train on ``ImageNet_LT_<train_split>.txt``, evaluate on ``..._<test_split>.txt``.
 
@@ -150,6 +158,8 @@ def imagenet_lt_datasets(
         many_threshold / few_threshold: the shot groups (:func:`ikl.data.long_tail.shot_groups`),
             counted on the training images actually used (after ``max_train_samples``).
         max_train_samples / max_test_samples: deterministic class-balanced subsets.
+        skip_bad_images: check every listed file once and leave the unreadable ones out (otherwise
+            one stops the run with a line naming it).
 
     Raises:
         DataError: a split file is missing or malformed, or its first/last image is not under ``root``.
@@ -165,7 +175,11 @@ def imagenet_lt_datasets(
     datasets = {}
     for split, name, transform in (("train", train_split, train_tf), ("test", test_split, test_tf)):
         ds = SplitFileDataset(
-            root_path, splits / SPLIT_FILE.format(split=name), num_classes=num_classes, transform=transform
+            root_path,
+            splits / SPLIT_FILE.format(split=name),
+            num_classes=num_classes,
+            transform=transform,
+            skip_bad_images=skip_bad_images,
         )
         _check_root(ds, name)
         datasets[split] = ds
