@@ -103,6 +103,14 @@ def test_lamb_matches_timms_optimizer_factory_groups_and_steps():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     every = lamb(model.parameters(), lr=1e-3, decay_1d=True)
     assert len(every.param_groups) == 1 and every.param_groups[0]["weight_decay"] == 0.02
+    # parameter groups (a task's optimizer_param_groups) keep their own decay; 1-d tensors still get none
+    conv, bn, linear = model[0], model[1], model[5]
+    given = [
+        {"params": [conv.weight, conv.bias, linear.weight]},
+        {"params": list(bn.parameters()), "weight_decay": 0.0},
+    ]
+    grouped = {(g["weight_decay"], sum(p.numel() for p in g["params"])) for g in lamb(given, lr=1e-3).param_groups}
+    assert grouped == {(0.0, 8), (0.02, 8 * 3 * 9 + 5 * 8), (0.0, 16)}
 
 
 @pytest.mark.parametrize("n, world_size, repeats", [(1000, 1, 3), (1000, 4, 3), (100, 2, 3), (37, 3, 2)])

@@ -14,13 +14,24 @@ import torch
 from torch.optim import Optimizer
 
 
-def decay_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Two parameter groups: ``ndim > 1`` tensors with ``weight_decay``, the rest (biases, norms) with 0."""
-    decay, no_decay = [], []
-    for param in params:
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+def decay_groups(params: Iterable[torch.nn.Parameter] | Iterable[dict], weight_decay: float) -> list[dict]:
+    """Each group split in two: ``ndim > 1`` tensors with the group's weight decay (default
+    ``weight_decay``), the rest (biases, norms) with 0. ``params``: parameters or parameter groups."""
+    items = list(params)
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    out = []
+    for group in groups:
+        options = {k: v for k, v in group.items() if k not in ("params", "weight_decay")}
+        trainable = [p for p in group["params"] if p.requires_grad]
+        out.append({**options, "params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0})
+        out.append(
+            {
+                **options,
+                "params": [p for p in trainable if p.ndim > 1],
+                "weight_decay": group.get("weight_decay", weight_decay),
+            }
+        )
+    return [group for group in out if group["params"]]
 
 
 def lamb(
@@ -38,5 +49,9 @@ def lamb(
     ``decay_1d`` (timm's ``filter_bias_and_bn``). The optimizer of timm's RSB A1/A2 recipes."""
     from timm.optim import Lamb
 
-    groups = [{"params": list(params)}] if decay_1d else decay_groups(params, weight_decay)
+    if decay_1d:
+        items = list(params)
+        groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    else:
+        groups = decay_groups(params, weight_decay)
     return Lamb(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, max_grad_norm=max_grad_norm)
