@@ -227,6 +227,11 @@ def test_weights_come_with_a_pretrained_teacher_only_without_a_checkpoint():
     cfg = compose_config("train_kd", ["teacher=timm_beit_large", "dataset=imagenet"])
     assert weights_come_with_model(cfg.teacher)
     assert list(cfg.teacher.kwargs.input_std) == [0.229, 0.224, 0.225]  # the student's normalisation
+    for off in ("false", "False", "", False):  # e.g. IKL_BEIT_WEIGHTS=false: no weights come with it
+        cfg.teacher.kwargs.pretrained = off
+        assert not weights_come_with_model(cfg.teacher)
+    cfg.teacher.kwargs.pretrained = "/weights/beit.safetensors"
+    assert weights_come_with_model(cfg.teacher)
     cfg.teacher.checkpoint = "somewhere.pt"
     assert not weights_come_with_model(cfg.teacher)
     assert not weights_come_with_model(compose_config("train_kd", []).teacher)

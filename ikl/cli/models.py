@@ -51,7 +51,10 @@ def build_model(section: DictConfig, num_classes: int, what: str = "model") -> n
 def weights_come_with_model(section: DictConfig) -> bool:
     """True when a teacher's weights are loaded by its builder (``kwargs.pretrained``: timm's
     weights or a local file) and no ``checkpoint`` is given."""
-    return not section.get("checkpoint") and bool(_kwargs(section).get("pretrained")) and section.get("builder") is None
+    pretrained = _kwargs(section).get("pretrained")
+    if isinstance(pretrained, str):  # from ${oc.env:...}: "true", "false" or a path
+        pretrained = pretrained.strip().lower() not in ("", "false", "0", "none", "null")
+    return not section.get("checkpoint") and bool(pretrained) and section.get("builder") is None
 
 
 def task_options(cfg: DictConfig) -> dict[str, Any]:
