@@ -231,7 +231,7 @@ def prepare(cfg: DictConfig, config: dict[str, Any], *, task: str, extra: Mappin
     check_cuda_graphs(cfg, device, dist_info)
     placement = {"placement.device": device.type, "placement.world_size": dist_info.world_size}
     identity = RunIdentity.of(task, config, {**placement, **init_from_identity(cfg), **(extra or {})})
-    run_name = sweep.job_run_name(str(cfg.run_name))
+    run_name = sweep.job_run_name(rundir.folder_name(str(cfg.run_name)))
     plan = _on_main(dist_info, lambda: plan_for(cfg, identity, run_name))
     resume_state = None
     if plan.resume_from is not None:

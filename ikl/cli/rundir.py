@@ -360,10 +360,16 @@ def default_run_dir(out_dir: Path, run_name: str) -> Path:
     return out_dir / run_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def folder_name(run_name: str) -> str:
+    """The run name as one folder name: a ``/`` (``timm/convnext_tiny``, an experiment path) becomes ``_``."""
+    return run_name.replace("/", "_")
+
+
 def check_run_name(run_name: str) -> None:
+    run_name = folder_name(run_name)
     size = len(run_name.encode())
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise ConfigError(f"run_name={run_name!r} must be a non-empty folder name without '/'")
+    if not run_name.strip() or run_name in (".", ".."):
+        raise ConfigError(f"run_name={run_name!r} must be a non-empty folder name")
     if size > MAX_NAME_BYTES:
         raise ConfigError(
             f"run_name is {size} bytes long, more than the {MAX_NAME_BYTES} a folder name may have here; "

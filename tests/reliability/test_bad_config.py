@@ -76,7 +76,7 @@ CASES: list[tuple[str, str, str]] = [
     ("train_at.py", "atack.eps=0.1", "train_at has no key 'atack.eps'; did you mean attack.eps?"),
     ("train_kd.py", "trainer.channels_last=maybe", "trainer.channels_last='maybe' must be true or false"),
     ("train_kd.py", "run_name=" + "r" * 240, "run_name is 240 bytes long"),
-    ("train_kd.py", "run_name=a/b", "must be a non-empty folder name without '/'"),
+    ("train_kd.py", "run_name=..", "must be a non-empty folder name"),
     ("train_at.py", "monitor.samples=-1", "monitor.samples=-1 must be >= 0"),
     ("eval_autoattack.py", "n_ex=0", "n_ex=0 must be positive"),
     # optimisation
