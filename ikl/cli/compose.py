@@ -230,6 +230,8 @@ def prepare(cfg: DictConfig, config: dict[str, Any], *, task: str, extra: Mappin
     set_threads(cfg, device)
     check_cuda_graphs(cfg, device, dist_info)
     placement = {"placement.device": device.type, "placement.world_size": dist_info.world_size}
+    if device.type == "cpu":  # the intra-op thread count changes the float summation order on a CPU
+        placement["placement.cpu_threads"] = torch.get_num_threads()
     identity = RunIdentity.of(task, config, {**placement, **init_from_identity(cfg), **(extra or {})})
     run_name = sweep.job_run_name(rundir.folder_name(str(cfg.run_name)))
     plan = _on_main(dist_info, lambda: plan_for(cfg, identity, run_name))

@@ -50,7 +50,7 @@ MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "trainer.finite_check_every",
     "trainer.save_every",
     "trainer.workers",
-    "trainer.threads",
+    "trainer.threads",  # the thread count it gives a CPU run is part of the identity (placement.cpu_threads)
     "trainer.device",  # the device *type* it resolves to is part of the identity (placement.device)
     "logger.*",
     "resume",
