@@ -129,6 +129,28 @@ def test_a_resume_with_other_settings_is_refused_and_writes_nothing(tmp_path, st
         )
 
 
+def test_a_cpu_resume_with_another_thread_count_is_refused(tmp_path, stopped_run, shared_files):
+    import torch
+
+    _, run = copy_run(stopped_run, tmp_path)
+    before = hashes(run)
+    threads = torch.get_num_threads()
+    try:
+        extra = [f"trainer.threads={threads + 1}", f"resume={run}"]
+        code, stderr = cli("train_kd.py", [*kd(shared_files["teacher"], tmp_path / "o"), *extra])
+    finally:
+        torch.set_num_threads(threads)
+    line = refused(code, stderr, f"placement.cpu_threads: {threads} -> {threads + 1}")
+    assert hashes(run) == before
+    REPORT.add(
+        "integrity",
+        "1. one configuration",
+        "a CPU run resumed with one more intra-op thread (the float sums change order)",
+        short(line, tmp_path),
+        "exit 2; every file byte-identical",
+    )
+
+
 def test_allowed_changes_continue_the_run_and_are_recorded(tmp_path, stopped_run, shared_files):
     _, run = copy_run(stopped_run, tmp_path)
     extra = ["trainer.epochs=3", "trainer.log_every=2", "logger.mode=offline", "trainer.workers=0"]
@@ -347,7 +369,8 @@ def test_a_folder_that_is_not_a_run_is_never_written(tmp_path, shared_files):
         )
 
 
-def test_an_unfinished_attempt_of_another_configuration_is_not_dropped(tmp_path, shared_files):
+def test_an_unfinished_attempt_of_another_configuration_is_not_dropped(tmp_path, shared_files, one_thread):
+    """one_thread: as the killed subprocess (OMP_NUM_THREADS=1); the thread count is part of the identity."""
     run = tmp_path / "run"
     marker = tmp_path / "hang"
     args = [*kd_overrides(shared_files["teacher"]), f"out_dir={tmp_path / 'o'}", f"run_dir={run}"]
