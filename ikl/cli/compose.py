@@ -15,6 +15,7 @@ written into a run directory before the third:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -28,24 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ikl.cli import rundir, sweep
 from ikl.cli.rundir import ClaimedRun, RunIdentity, RunPlan
-from ikl.data import DataError, DeviceCIFARLoader, build_loaders
+from ikl.data import DataError, DeviceCIFARLoader, build_loaders, data_fingerprint
 from ikl.engine.checkpoint import load_checkpoint, load_model_weights
 from ikl.engine.curves import write_curves
 from ikl.engine.distributed import (
     DistInfo,
+    all_reduce_sum,
     broadcast_object,
     init_distributed,
     resolve_device,
     shutdown_distributed,
 )
 from ikl.engine.graphs import capture_blocker
-from ikl.engine.sink import MetricSink, write_json_atomic
+from ikl.engine.sink import MetricSink, resolve_wandb_mode, wandb_logged_in, write_json_atomic, write_text_atomic
 from ikl.engine.trainer import Interrupted, Trainer, TrainSettings
 from ikl.engine.validate import validate_config
 from ikl.errors import CheckpointError, ConfigError, UserError
@@ -88,27 +89,39 @@ def cli(run: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict | None
 
     @functools.wraps(run)
     def wrapper(cfg: DictConfig) -> dict | None:
+        threads = torch.get_num_threads()
         try:
             summary = run(cfg)
-        except (UserError, DataError, InstantiationException) as exc:
-            found = _user_error(exc)
-            if found is None:
-                raise
-            sys.stderr.write(f"error: {one_line(found)}\n")
-            if not sweep.in_multirun() or isinstance(found, Interrupted):
-                sys.exit(getattr(found, "exit_code", 2))
-            sweep.record_job("failed", error=one_line(found))
-            return None
         except Exception as exc:
-            if not sweep.in_multirun():
+            found = _user_error(exc)
+            if found is not None:
+                sys.stderr.write(f"error: {one_line(found)}\n")
+                if not sweep.in_multirun() or isinstance(found, Interrupted):
+                    sys.exit(getattr(found, "exit_code", 2))
+                sweep.record_job("failed", error=one_line(found))
+            elif not sweep.in_multirun():
                 raise
-            traceback.print_exc()  # a defect, not a user mistake: the whole traceback, then the next job
-            sweep.record_job("failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            else:  # a defect, not a user mistake: the whole traceback, then the next job
+                traceback.print_exc()
+                sweep.record_job("failed", error=f"{type(exc).__name__}: {one_line(exc)}")
+            _drop_empty_job_dir()
             return None
+        finally:
+            torch.set_num_threads(threads)
         sweep.record_job("completed", summary=summary)
+        _drop_empty_job_dir()
         return summary
 
     return wrapper
+
+
+def _drop_empty_job_dir() -> None:
+    """The folder Hydra made for a multirun job that ran elsewhere (resumed another run) or was refused."""
+    if sweep.in_multirun():
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        with contextlib.suppress(OSError):
+            if job_dir.is_dir() and not any(job_dir.iterdir()):
+                job_dir.rmdir()
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -125,10 +138,25 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"config does not resolve: {str(exc).splitlines()[0]}") from exc
     validate_config(config)
     rundir.check_run_name(str(config["run_name"]))
+    if not config.get("out_dir"):
+        raise ConfigError("out_dir is empty or null; set out_dir=<folder> (runs go below it)")
+    check_logger(cfg)
     if cfg.get("optimizer") is not None:
         check_optimization(cfg)
     device_kind(cfg)  # an unavailable device is named now
     return config
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """The W&B mode is one W&B knows, and an online run has a login (before anything is written)."""
+    if cfg.get("logger") is None:
+        return
+    mode = resolve_wandb_mode(cfg.logger.mode)
+    if mode == "online" and not wandb_logged_in():
+        raise ConfigError(
+            "logger.mode=online (or WANDB_MODE=online) but W&B has no login here; run `wandb login` or set "
+            "WANDB_API_KEY, or use logger.mode=offline (files you can `wandb sync` later)"
+        )
 
 
 def check_optimization(cfg: DictConfig) -> None:
@@ -156,7 +184,9 @@ def device_kind(cfg: DictConfig) -> str:
 
 
 def set_threads(cfg: DictConfig, device: torch.device) -> None:
-    """``trainer.threads``: intra-op threads of a CPU run (null/auto: leave torch's default)."""
+    """``trainer.threads``: intra-op threads of a CPU run (null: the process's, torch's default of one
+    per core unless set). The command-line wrapper :func:`cli` puts the count back after each run,
+    so the jobs of a multirun (one process) never inherit another job's."""
     threads = cfg.trainer.get("threads")
     if device.type == "cpu" and isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
@@ -174,6 +204,7 @@ class Start:
     plan: RunPlan
     resume_state: dict[str, Any] | None
     run_name: str
+    data_fingerprint: str | None = None  # set by build_data
 
 
 def seed_everything(seed: int) -> None:
@@ -208,18 +239,38 @@ def plan_for(cfg: DictConfig, identity: RunIdentity, run_name: str) -> RunPlan:
     default = rundir.default_run_dir(out_dir, run_name)
     if sweep.in_multirun() and not cfg.get("run_dir") and _sweep_job_dir_is_default():
         default, explicit = Path(explicit), None  # the job dir Hydra made; resume=true searches by identity
-    siblings = (Path(HydraConfig.get().sweep.dir).parent,) if sweep.in_multirun() else ()  # earlier sweeps
     plan = rundir.plan_run(
         identity=identity,
         resume=cfg.get("resume", False),
         run_dir=explicit,
         default_dir=default,
         out_dir=out_dir,
-        also_search=siblings,
+        accept=_sweep_job_accepts(cfg) if sweep.in_multirun() else None,
     )
     if plan.note and not cfg.get("quiet", False):
         log.info(plan.note)
     return plan
+
+
+def _sweep_job_accepts(cfg: DictConfig) -> Callable[[rundir.RunDirState], bool]:
+    """resume=true in a multirun: a run another job of this sweep has taken is not this job's, and a
+    swept key that may change on resume (``trainer.epochs=100,200``) must have this job's value."""
+    config = rundir._flatten(plain(cfg))
+    swept = [k for k in sweep.job_values() if k in config and rundir.may_change(k, str(cfg.task_name))]
+
+    def accept(state: rundir.RunDirState) -> bool:
+        attempts = state.marker.get("attempts") or [{}]
+        if sweep.claimed_by_another_job(attempts[-1]):
+            return False
+        if not swept:
+            return True
+        try:
+            old = rundir._flatten(OmegaConf.to_container(OmegaConf.load(state.path / "config.yaml")))
+        except Exception:  # noqa: BLE001 - unreadable: not provably this job's run
+            return False
+        return all(old.get(k) == config[k] for k in swept)
+
+    return accept
 
 
 def prepare(cfg: DictConfig, config: dict[str, Any], *, task: str, extra: Mapping[str, Any] | None = None) -> Start:
@@ -248,15 +299,31 @@ def _on_main(dist_info: DistInfo, make: Callable[[], Any]) -> Any:
     if not dist_info.enabled:
         return make()
     result: Any = None
+    error: BaseException | None = None
     if dist_info.is_main:
         try:
             result = ("ok", make())
-        except UserError as exc:
-            result = ("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - every rank must hear of it, or they wait forever
+            error, result = exc, ("error", str(exc))
     kind, value = broadcast_object(result)
+    if error is not None:
+        raise error
     if kind == "error":
         raise ConfigError(value)
     return value
+
+
+def all_ready(dist_info: DistInfo) -> None:
+    """Under torchrun: every rank has built its data and models before rank 0 takes the run dir (a
+    rank that failed has exited, and torchrun stops the others here, before anything is written)."""
+    if dist_info.enabled:
+        all_reduce_sum(torch.ones(1, device=_collective_device(dist_info)))
+
+
+def _collective_device(dist_info: DistInfo) -> torch.device:
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def init_from_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -264,6 +331,8 @@ def init_from_identity(cfg: DictConfig) -> dict[str, Any]:
     if not path:
         return {}
     if not Path(path).is_file():
+        if cfg.get("resume") not in (False, None, "false", "False"):
+            return {}  # a resume continues from its own last.pt (init_from.sha256 is in RESUME_IGNORES)
         raise ConfigError(
             f"init_from={path} does not exist; give a checkpoint file (e.g. <run dir>/checkpoints/last.pt)"
         )
@@ -290,7 +359,7 @@ def check_resume_state(state: dict[str, Any], path: Path, identity: RunIdentity,
             f"{path} carries no run identity (written by an older ikl); it cannot be resumed safely: "
             f"start a new run from its weights with init_from={path}"
         )
-    diffs = RunIdentity.from_dict(saved).differences(identity)
+    diffs = RunIdentity.from_dict(saved).resume_differences(identity)
     if RunIdentity.from_dict(saved).task != identity.task:
         raise CheckpointError(f"{path} is a {saved['task']} checkpoint; resume it with the entry point that wrote it")
     if diffs:
@@ -347,7 +416,9 @@ class Session:
     log_handler: logging.Handler | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def close(self, failed: bool) -> None:
+    def close(self, failed: bool, *, keep_lock: bool = False) -> None:
+        """Close the sink and the log; release the run dir unless ``keep_lock`` (the caller still
+        writes into it, e.g. train_at's summary after its CE baseline: then :meth:`release`)."""
         try:
             self.sink.close(failed=failed)
             if failed and self.dist.is_main:  # a finished run drew its curves in fit()
@@ -356,17 +427,24 @@ class Session:
             if self.log_handler is not None:
                 logging.getLogger().removeHandler(self.log_handler)
                 self.log_handler.close()
-            if self.claimed is not None:
-                self.claimed.release()
+            if not keep_lock or failed:
+                self.release()
             shutdown_distributed()
+
+    def release(self) -> None:
+        if self.claimed is not None:
+            self.claimed.release()
+            self.claimed = None
 
 
 def _changed_settings(run_dir: Path, config: Mapping[str, Any]) -> dict[str, list]:
     """The allowed settings this attempt changes against the run's config.yaml (for run.json)."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    try:
+        old = rundir._flatten(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
+    except Exception as exc:  # noqa: BLE001 - a damaged copy (killed mid-write): the identity decides
+        log.warning("%s is unreadable (%s); not comparing the allowed settings", path, type(exc).__name__)
         return {}
-    old = rundir._flatten(OmegaConf.to_container(OmegaConf.load(path)))
     new = rundir._flatten(config)
     return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
@@ -375,7 +453,8 @@ def open_session(start: Start, *, entry: str) -> Session:
     """Become the run dir's one writer; write run.json, config.yaml, the log file; open the sink."""
     cfg, dist_info, plan = start.cfg, start.dist, start.plan
     config = {**start.config, "run_name": start.run_name}
-    claimed = _claim_on_main(dist_info, plan, config)
+    all_ready(dist_info)
+    claimed = _claim_on_main(dist_info, plan, config, start.data_fingerprint)
     run_dir = Path(_on_main(dist_info, lambda: str(claimed.run_dir)))
     handler = None
     try:
@@ -404,17 +483,43 @@ def open_session(start: Start, *, entry: str) -> Session:
     if start.resume_state is None:
         sink.discard_earlier_attempt()  # metrics of an attempt of this run that left no checkpoint
     log.info("run dir: %s (device %s, world size %d)", run_dir, start.device, dist_info.world_size)
-    return Session(run_dir, start.device, dist_info, sink, start.resume_state, config, plan.identity, claimed, handler)
+    extras = {"data_fingerprint": start.data_fingerprint}
+    return Session(
+        run_dir, start.device, dist_info, sink, start.resume_state, config, plan.identity, claimed, handler, extras
+    )
 
 
-def _claim_on_main(dist_info: DistInfo, plan: RunPlan, config: Mapping[str, Any]) -> ClaimedRun | None:
+def code_version() -> dict[str, Any]:
+    """The code that ran an attempt (recorded in run.json, not part of the identity)."""
+    import subprocess
+
+    import ikl
+
+    out: dict[str, Any] = {"ikl": getattr(ikl, "__version__", None), "torch": torch.__version__}
+    try:
+        root = Path(ikl.__file__).resolve().parents[1]
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode == 0:
+            out["commit"] = head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _claim_on_main(
+    dist_info: DistInfo, plan: RunPlan, config: Mapping[str, Any], data: str | None = None
+) -> ClaimedRun | None:
     """Rank 0 claims the run dir; a refusal reaches every rank (none waits for a broadcast forever)."""
     claimed, error = None, None
     if dist_info.is_main:
         try:
             changed = _changed_settings(plan.run_dir, config) if plan.resume_from else {}
-            claimed = rundir.claim(plan, attempt={"changed": changed})
-        except UserError as exc:
+            attempt = {"changed": changed, "data_fingerprint": data, "code": code_version(), **sweep.job_tag()}
+            claimed = rundir.claim(plan, attempt=attempt)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank, then raised here
             error = exc
     if dist_info.enabled:
         message = broadcast_object(None if error is None else str(error))
@@ -427,7 +532,7 @@ def _claim_on_main(dist_info: DistInfo, plan: RunPlan, config: Mapping[str, Any]
 
 def _write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     try:
-        OmegaConf.save(OmegaConf.create(dict(config)), run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(dict(config))))
     except OSError as exc:
         raise ConfigError(
             f"cannot write {run_dir / 'config.yaml'}: {exc.strerror or exc}; choose a writable run_dir"
@@ -460,8 +565,15 @@ def load_datasets(cfg: DictConfig):
 
 
 def build_data(cfg: DictConfig, start: Start | Session):
-    """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device."""
+    """Datasets and (train, test) loaders; ``trainer.loader=device`` keeps uint8 splits on the device.
+
+    A resumed run must see the data it was trained on: the splits' fingerprint (sizes, labels,
+    sampled pixels, file names) is compared with its checkpoint's, since the data roots may change.
+    """
     datasets = load_datasets(cfg)
+    if isinstance(start, Start):
+        start.data_fingerprint = data_fingerprint(datasets)
+        _check_same_data(start)
     dist_info = start.dist
     train_loader, test_loader = build_loaders(
         datasets,
@@ -498,6 +610,16 @@ def build_data(cfg: DictConfig, start: Start | Session):
     return datasets, train_loader, test_loader
 
 
+def _check_same_data(start: Start) -> None:
+    saved = (start.resume_state or {}).get("data_fingerprint")
+    if saved is not None and saved != start.data_fingerprint:
+        raise ConfigError(
+            f"resume refused: {start.plan.resume_from} was trained on other data (fingerprint {saved}, now "
+            f"{start.data_fingerprint}): other images, labels or files under dataset.builder.*; point the data "
+            "roots at the copy the run was trained on"
+        )
+
+
 def build_optimization(cfg: DictConfig, params) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = instantiate(cfg.optimizer)(params=params)
     scheduler = instantiate(cfg.scheduler)(optimizer)
@@ -523,8 +645,11 @@ def train_settings(cfg: DictConfig, device: torch.device, monitor: dict[str, str
     )
 
 
-def weights_meta(model_name: str, num_classes: int, datasets, identity: RunIdentity) -> dict[str, Any]:
-    """What every checkpoint says: architecture, classes, input normalisation and the run's identity."""
+def weights_meta(
+    model_name: str, num_classes: int, datasets, identity: RunIdentity, data: str | None = None
+) -> dict[str, Any]:
+    """What every checkpoint says: architecture, classes, input normalisation, the run's identity and
+    the fingerprint of the data it was trained on."""
     norm = {"mean": list(datasets.mean), "std": list(datasets.std)} if datasets.normalized else None
     return {
         "format": "ikl-checkpoint",
@@ -532,6 +657,7 @@ def weights_meta(model_name: str, num_classes: int, datasets, identity: RunIdent
         "num_classes": num_classes,
         "input_normalization": norm,
         "identity": identity.to_dict(),
+        "data_fingerprint": data,
     }
 
 
@@ -593,7 +719,9 @@ def fit(cfg: DictConfig, session: Session, task, data, *, model_name: str, monit
         run_dir=session.run_dir,
         sink=session.sink,
         dist_info=session.dist,
-        weights_meta=weights_meta(model_name, datasets.num_classes, datasets, session.identity),
+        weights_meta=weights_meta(
+            model_name, datasets.num_classes, datasets, session.identity, session.extras.get("data_fingerprint")
+        ),
         class_groups=datasets.class_groups,
     )
     if session.resume_state is not None:

@@ -27,11 +27,13 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ikl.errors import ConfigError
 
@@ -49,7 +51,6 @@ MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "trainer.log_every",
     "trainer.finite_check_every",
     "trainer.save_every",
-    "trainer.workers",
     "trainer.threads",  # the thread count it gives a CPU run is part of the identity (placement.cpu_threads)
     "trainer.device",  # the device *type* it resolves to is part of the identity (placement.device)
     "logger.*",
@@ -57,10 +58,9 @@ MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "run_dir",
     "out_dir",
     "run_name",
-    "test_batch_size",  # evaluation only; counts are summed exactly
     "compare_to_ce",  # AT: whether a CE baseline is trained beside the run, in its own run dir
     "init_from",  # identified by its SHA-256 (init_from.sha256)
-    "teacher.checkpoint",  # identified by its SHA-256 (teacher.sha256)
+    "teacher.checkpoint",  # the teacher is identified by its weights (teacher.state_sha256)
     "teacher.cache_dir",
     "teacher.auto_train_epochs",
     "teacher.seed",
@@ -71,6 +71,9 @@ MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "dataset.builder.train_root",
     "dataset.builder.val_root",
 )
+# Facts about how a run started that its continuation need not repeat: a resume continues from its
+# own last.pt, whatever became of the file it was initialised from.
+RESUME_IGNORES = ("init_from.sha256",)
 # Allowed above but fixed for a task: IKL-AT's eps ramp, cosine lr and weight-averaging start
 # are functions of trainer.epochs, so a longer run is a different schedule from its first epoch.
 TASK_FIXED: dict[str, tuple[str, ...]] = {"at": ("trainer.epochs",)}
@@ -139,6 +142,26 @@ class RunIdentity:
             if self.settings.get(k, unset) != new.settings.get(k, unset)
         ]
 
+    def resume_differences(self, new: RunIdentity) -> list[tuple[str, Any, Any]]:
+        """:meth:`differences` that matter for continuing this run (not :data:`RESUME_IGNORES`)."""
+        return [d for d in self.differences(new) if d[0] not in RESUME_IGNORES]
+
+
+def placement_hint(diffs: list[tuple[str, Any, Any]]) -> str:
+    """What to pass when a resume differs only in where it runs."""
+    keys = {k for k, *_ in diffs}
+    hints = []
+    if "placement.cpu_threads" in keys:
+        old = next(o for k, o, _ in diffs if k == "placement.cpu_threads")
+        hints.append(f"trainer.threads={old}")
+    if "placement.device" in keys:
+        old = next(o for k, o, _ in diffs if k == "placement.device")
+        hints.append(f"trainer.device={old}")
+    if "placement.world_size" in keys:
+        old = next(o for k, o, _ in diffs if k == "placement.world_size")
+        hints.append(f"{old} process(es) (torchrun --nproc_per_node)")
+    return f" (resume it with {' and '.join(hints)})" if hints else ""
+
 
 def describe_differences(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> str:
     """``key: old -> new; ...``; a key that only repeats another (``loss.criterion.x`` interpolating
@@ -155,7 +178,17 @@ def describe_differences(diffs: list[tuple[str, Any, Any]], limit: int = 8) -> s
         )
     ]
     shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in kept[:limit])
-    return shown + (f"; and {len(kept) - limit} more" if len(kept) > limit else "")
+    return shown + (f"; and {len(kept) - limit} more" if len(kept) > limit else "") + placement_hint(diffs)
+
+
+def state_sha256(module: Any) -> str:
+    """SHA-256 of a model's state_dict (names, dtypes, shapes, values): the weights whatever file,
+    hub cache or builder they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -230,7 +263,7 @@ def check_identity(state: RunDirState, identity: RunIdentity, *, resuming: bool)
             f"{'resumed' if resuming else 'restarted'} by {TASK_NAMES.get(identity.task, identity.task)}: "
             "choose another run_dir"
         )
-    diffs = old.differences(identity)
+    diffs = old.resume_differences(identity) if resuming else old.differences(identity)
     if not diffs:
         return
     action = "resume refused" if resuming else "refused"
@@ -246,9 +279,11 @@ def check_identity(state: RunDirState, identity: RunIdentity, *, resuming: bool)
 TASK_NAMES = {"kd": "train_kd.py (knowledge distillation)", "at": "train_at.py (adversarial training)"}
 
 
-def find_runs(base: Path, identity: RunIdentity, max_depth: int = 4) -> tuple[list[Path], list[tuple[Path, list]]]:
-    """Run dirs below ``base`` with a checkpoint: (those of ``identity``, newest first; the others of
-    the same task with their differences)."""
+def find_runs(
+    base: Path, identity: RunIdentity, max_depth: int = 4, accept: Callable[[RunDirState], bool] | None = None
+) -> tuple[list[Path], list[tuple[Path, list]]]:
+    """Run dirs below ``base`` with a checkpoint: (those of ``identity`` that ``accept`` takes, newest
+    first; the others of the same task with their differences)."""
     matches, others = [], []
     for depth in range(1, max_depth + 1):
         for marker in base.glob("/".join(["*"] * depth) + f"/{MARKER}"):
@@ -259,10 +294,11 @@ def find_runs(base: Path, identity: RunIdentity, max_depth: int = 4) -> tuple[li
                 continue
             if not state.has_checkpoint or state.identity is None or state.identity.task != identity.task:
                 continue
-            if state.identity.fingerprint == identity.fingerprint and state.identity == identity:
+            diffs = state.identity.resume_differences(identity)
+            if not diffs and (accept is None or accept(state)):
                 matches.append(run)
-            else:
-                others.append((run, state.identity.differences(identity)))
+            elif diffs:
+                others.append((run, diffs))
     matches.sort(key=lambda p: (p / CHECKPOINT).stat().st_mtime_ns, reverse=True)
     others.sort(key=lambda item: len(item[1]))
     return matches, others
@@ -384,12 +420,12 @@ def plan_run(
     run_dir: str | None,
     default_dir: Path,
     out_dir: Path,
-    also_search: tuple[Path, ...] = (),
+    accept: Callable[[RunDirState], bool] | None = None,
 ) -> RunPlan:
     """Decide the run dir and the checkpoint to resume from, reading but never writing.
 
-    ``resume``: false (a new run), true (the newest run of this identity under ``out_dir`` or
-    ``also_search``; with an explicit ``run_dir``, that directory), a run dir, or a checkpoint file
+    ``resume``: false (a new run), true (the newest run of this identity under ``out_dir`` that
+    ``accept`` takes; with an explicit ``run_dir``, that directory), a run dir, or a checkpoint file
     inside one.
     """
     if resume in (False, None, "false", "False"):
@@ -397,7 +433,7 @@ def plan_run(
     if resume in (True, "true", "True"):
         if run_dir:
             return _plan_resume_in(Path(run_dir), identity, named=f"run_dir={run_dir}")
-        return _plan_find(identity, default_dir, [out_dir, *also_search])
+        return _plan_find(identity, default_dir, out_dir, accept)
     return _plan_resume_path(Path(str(resume)), identity, run_dir)
 
 
@@ -429,22 +465,17 @@ def _plan_resume_in(run_dir: Path, identity: RunIdentity, *, named: str, checkpo
         if checkpoint != run_dir / CHECKPOINT:
             raise ConfigError(f"{named}: no checkpoint at {checkpoint}")
         return RunPlan(run_dir, identity, restart=True, note="the run left no checkpoint: starting it again")
-    return RunPlan(run_dir, identity, resume_from=checkpoint, checkpoint_stamp=_stamp(checkpoint))
+    # the run's own identity (it may hold facts a continuation need not repeat: RESUME_IGNORES)
+    return RunPlan(run_dir, state.identity, resume_from=checkpoint, checkpoint_stamp=_stamp(checkpoint))
 
 
-def _plan_find(identity: RunIdentity, default_dir: Path, bases: list[Path]) -> RunPlan:
-    matches, others = [], []
-    for base in dict.fromkeys(p.absolute() for p in bases if p.is_dir()):
-        found, differing = find_runs(base, identity)
-        matches += [m for m in found if m not in matches]
-        others += differing
+def _plan_find(identity: RunIdentity, default_dir: Path, out_dir: Path, accept) -> RunPlan:
+    matches, others = find_runs(out_dir, identity, accept=accept) if out_dir.is_dir() else ([], [])
     if matches:
-        matches.sort(key=lambda p: (p / CHECKPOINT).stat().st_mtime_ns, reverse=True)
         return _plan_resume_in(matches[0], identity, named="resume=true")
-    where = " or ".join(str(b) for b in dict.fromkeys(bases))
-    note = f"resume=true: no run under {where} has this configuration; starting a new one"
+    note = f"resume=true: no run under {out_dir} has this configuration; starting a new one"
     if others:
-        closest, diffs = min(others, key=lambda item: len(item[1]))
+        closest, diffs = others[0]
         note += f" (the closest, {closest}, differs in {describe_differences(diffs, limit=3)})"
     return RunPlan(default_dir, identity, explicit=False, note=note)
 

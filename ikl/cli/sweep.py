@@ -70,12 +70,28 @@ def job_run_name(run_name: str) -> str:
     """In a multirun, ``run_name`` plus the swept values it does not show already."""
     if not in_multirun():
         return run_name
+    tokens = set(run_name.split("-"))
     parts = []
     for key, value in job_values().items():
         text = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{key.rsplit('.', 1)[-1]}={value}")
-        if str(value) not in run_name:
+        shown = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(value))
+        if shown not in tokens and text not in tokens:  # a whole token of the name, not a substring
             parts.append(text)
     return "-".join([run_name, *parts])
+
+
+def job_tag() -> dict[str, Any]:
+    """This job's sweep id and number (recorded with each attempt in run.json), {} outside a multirun."""
+    if not in_multirun():
+        return {}
+    return {"sweep_id": os.environ.get(ID_ENV), "job": int(HydraConfig.get().job.num), "swept": job_values()}
+
+
+def claimed_by_another_job(attempt: dict[str, Any]) -> bool:
+    """Whether a run's latest attempt belongs to another job of the running sweep (resume=true in a
+    sweep must never continue a run a sibling job has just taken)."""
+    tag = job_tag()
+    return bool(tag) and attempt.get("sweep_id") == tag["sweep_id"] and attempt.get("job") != tag["job"]
 
 
 def record_job(status: str, *, summary: dict[str, Any] | None = None, error: str | None = None) -> None:
@@ -83,7 +99,7 @@ def record_job(status: str, *, summary: dict[str, Any] | None = None, error: str
     if not in_multirun():
         return
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.sweep.dir) / JOBS
+    folder = Path(hydra_cfg.sweep.dir) / JOBS / str(os.environ.get(ID_ENV) or "unknown-sweep")
     record = {
         "sweep_id": os.environ.get(ID_ENV),
         "num": int(hydra_cfg.job.num),
@@ -107,14 +123,14 @@ def _fmt(value: Any) -> str:
 
 
 def read_jobs(sweep_dir: Path, sweep_id: str | None) -> list[dict[str, Any]]:
+    """This sweep's job records (``jobs/<sweep id>/<num>.json``; another sweep in the same dir keeps its own)."""
+    folder = sweep_dir / JOBS / str(sweep_id or "unknown-sweep")
     records = []
-    for path in sorted((sweep_dir / JOBS).glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
+    for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
         try:
-            record = json.loads(path.read_text())
+            records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
-            continue
-        if sweep_id is None or record.get("sweep_id") in (None, sweep_id):
-            records.append(record)
+            records.append({"num": int(path.stem) if path.stem.isdigit() else -1, "status": "unreadable record"})
     return records
 
 
@@ -145,6 +161,11 @@ class SweepReport(Callback):
         os.environ[KEYS_ENV] = json.dumps(swept_keys(config.hydra))
         os.environ[ID_ENV] = uuid.uuid4().hex
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A job that never reports (killed, or a launcher error) shows as "did not finish"."""
+        if in_multirun():
+            record_job("did not finish")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         records = read_jobs(sweep_dir, os.environ.get(ID_ENV))
@@ -153,7 +174,9 @@ class SweepReport(Callback):
         header, rows = sweep_table(records)
         text = markdown(header, rows)
         try:
-            (sweep_dir / "sweep_summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n{text}")
+            own = sweep_dir / JOBS / str(os.environ.get(ID_ENV) or "unknown-sweep")  # kept if another sweep follows
+            for folder in (sweep_dir, own):
+                (folder / "sweep_summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n{text}")
             with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
                 csv.writer(handle).writerows([header, *rows])
         except OSError as exc:

@@ -104,6 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     task = build_task(cfg, model, datasets.num_classes, steps_per_epoch=len(data[1])).to(start.device)
     session = compose.open_session(start, entry="train_at")
+    with_baseline = bool(cfg.compare_to_ce and cfg.loss.criterion is not None)
     failed = True
     try:
         summary = compose.fit(cfg, session, task, data, model_name=cfg.model.name, monitor=MONITOR)
@@ -113,13 +114,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         session.sink.summarize(summary)
         failed = False
     finally:
-        session.close(failed)
-    if cfg.compare_to_ce and cfg.loss.criterion is not None and "continue_with" not in summary:
-        baseline = run(ce_baseline_config(cfg, Path(summary["run_dir"]) / "ce_baseline"))
-        summary.update(ce_baseline_acc=baseline["acc_last"], ce_baseline_pgd_acc=baseline["test_pgd_acc_last"])
-        compose.write_summary(summary, session)
-        if not cfg.get("quiet"):
-            report_comparison(summary, baseline, cfg, session.dist)
+        session.close(failed, keep_lock=with_baseline)  # the baseline's numbers go into this run's summary
+    try:
+        if with_baseline and "continue_with" not in summary:
+            baseline = run(ce_baseline_config(cfg, Path(summary["run_dir"]) / "ce_baseline"))
+            summary.update(ce_baseline_acc=baseline["acc_last"], ce_baseline_pgd_acc=baseline["test_pgd_acc_last"])
+            compose.write_summary(summary, session)
+            if not cfg.get("quiet"):
+                report_comparison(summary, baseline, cfg, session.dist)
+    finally:
+        session.release()
     if not cfg.get("quiet"):
         compose.report(summary, session.dist)
     return summary

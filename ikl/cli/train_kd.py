@@ -182,8 +182,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     config = compose.validate(cfg)
     distilling = cfg.loss.criterion is not None
-    teacher, teacher_path = load_teacher(cfg) if distilling else (None, None)
-    extra = {"teacher.sha256": rundir.file_sha256(teacher_path)} if teacher_path else {}
+    teacher, _ = load_teacher(cfg) if distilling else (None, None)
+    extra = {"teacher.state_sha256": rundir.state_sha256(teacher)} if teacher is not None else {}
     start = compose.prepare(cfg, config, task="kd", extra=extra)
     data = compose.build_data(cfg, start)
     datasets, _, test_loader = data

@@ -9,7 +9,7 @@ host-side DataLoaders; ``DeviceCIFARLoader`` keeps uint8 splits on the accelerat
 """
 
 from .cifar import cifar_datasets
-from .common import CropFlip, DataError, Datasets, UInt8ImageDataset, subset_indices
+from .common import CropFlip, DataError, Datasets, UInt8ImageDataset, data_fingerprint, subset_indices
 from .device_loader import DeviceCIFARLoader, crop_flip_batch
 from .digits import digits_datasets, stratified_split
 from .generated import GeneratedImages, MixedBatchSampler, MixedTrainSet, generated_datasets, open_npz_arrays
@@ -46,6 +46,7 @@ __all__ = [
     "cifar_datasets",
     "class_counts",
     "crop_flip_batch",
+    "data_fingerprint",
     "digits_datasets",
     "generated_datasets",
     "group_accuracies",

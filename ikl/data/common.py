@@ -3,6 +3,8 @@ and deterministic subsetting."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,3 +144,53 @@ def uint8_images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if x.shape[1] in (1, 3):
         return x.contiguous()
     raise ValueError(f"cannot tell channels in image shape {tuple(x.shape)}; want 1 or 3")
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    else:
+        digest.update(repr(value).encode())
+
+
+def _split_parts(dataset: Any) -> list[Any]:
+    """What identifies one split's content, cheaply: its size, labels, a strided sample of its pixels
+    (in-memory data), its files relative to their root (folder data), and the same for its parts."""
+    parts: list[Any] = [type(dataset).__name__, len(dataset)]
+    if hasattr(dataset, "targets"):
+        parts.append(np.asarray(dataset.targets, dtype=np.int64))
+    data = getattr(dataset, "data", None)
+    if isinstance(data, (np.ndarray, torch.Tensor)) and len(data):
+        flat = data.reshape(len(data), -1)
+        parts.append(flat[:: max(1, len(flat) // 1024), :: max(1, flat.shape[1] // 256)])
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and samples:
+        root = (
+            os.path.commonpath([str(s[0]) for s in samples])
+            if len(samples) > 1
+            else os.path.dirname(str(samples[0][0]))
+        )
+        parts.append([(os.path.relpath(str(path), root), int(label)) for path, label in samples])
+    for name in ("real", "generated", "dataset"):  # mixed and wrapped data sets
+        inner = getattr(dataset, name, None)
+        if isinstance(inner, Dataset):
+            parts += [name, *_split_parts(inner)]
+    if hasattr(dataset, "label_array"):  # memory-mapped generated images: their labels and file sizes
+        parts.append(np.asarray(dataset.label_array()))
+        parts.append([os.path.getsize(p) for p in getattr(dataset, "paths", [])])
+    return parts
+
+
+def data_fingerprint(datasets: Datasets) -> str:
+    """A SHA-256 (16 hex digits) of what the train and test splits hold: the same files and
+    subsets give the same value, another copy of the data set (other images, labels or files) does
+    not. Read from what the data sets already hold in memory: a second or two for ImageNet."""
+    digest = hashlib.sha256()
+    for name, split in (("train", datasets.train), ("test", datasets.test)):
+        digest.update(name.encode())
+        for part in _split_parts(split):
+            _feed(digest, part)
+    return digest.hexdigest()[:16]

@@ -57,7 +57,7 @@ class CheckedImageFolder(ImageFolder):
 def _readable(path: str) -> bool:
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()  # a full decode: verify() passes a truncated JPEG that loading then fails on
     except (OSError, ValueError, SyntaxError):
         return False
     return True

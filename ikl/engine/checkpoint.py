@@ -194,3 +194,34 @@ def state_bytes(state: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     return buffer.getvalue()
+
+
+def nonfinite_tensors(state: Any, where: str = "") -> list[str]:
+    """The names of the floating-point tensors in a (nested) checkpoint state that hold NaN or Inf."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return [] if bool(torch.isfinite(state).all()) else [where or "<tensor>"]
+        return []
+    if isinstance(state, Mapping):
+        return [
+            name
+            for key, value in state.items()
+            for name in nonfinite_tensors(value, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(state, (list, tuple)):
+        return [name for i, value in enumerate(state) for name in nonfinite_tensors(value, f"{where}[{i}]")]
+    return []
+
+
+def last_good(path: Path) -> str:
+    """What to say about the checkpoint a failed run leaves: checked (it loads, every tensor finite), not assumed."""
+    if not path.is_file():
+        return "no checkpoint had been written yet"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        return f"the last checkpoint {path} could not be verified ({exc})"
+    bad = nonfinite_tensors(state)
+    if bad:
+        return f"the last checkpoint {path} holds non-finite values ({bad[0]}): do not resume from it"
+    return f"the last good checkpoint {path} (epoch {state.get('epoch')}) is intact (checked: it loads, all tensors finite)"

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ikl.engine.checkpoint import last_good
 from ikl.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def _wandb_logged_in() -> bool:
+def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = Path.home() / ".netrc"
@@ -38,7 +39,7 @@ def resolve_wandb_mode(mode: str | None) -> str:
     (else ``offline``), so the environment decides unless the command line names a mode."""
     mode = {"dryrun": "offline", "run": "online", None: "offline", "": "offline"}.get(mode, mode)
     if mode == "auto":
-        return "online" if _wandb_logged_in() else "offline"
+        return "online" if wandb_logged_in() else "offline"
     if mode not in MODES:
         from ikl.errors import ConfigError
 
@@ -59,20 +60,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Strict JSON (no bare NaN/Infinity: they are written as strings), via a temporary file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder (fsync, ``os.replace``):
+    a kill at any moment leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_plain(payload), handle, indent=2, sort_keys=True, default=str, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Strict JSON (no bare NaN/Infinity: they are written as strings), atomically."""
+    text = json.dumps(_plain(payload), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 class MetricSink:
@@ -119,7 +126,19 @@ class MetricSink:
     def _init_wandb(self, project, entity, name, group, tags, config, run_id) -> None:
         import wandb
 
-        self.wandb_run = wandb.init(
+        if os.environ.get("WANDB_MODE") == "":  # set but empty: W&B itself would reject it; the mode is given
+            del os.environ["WANDB_MODE"]
+        try:
+            self.wandb_run = self._start_wandb(wandb, project, entity, name, group, tags, config, run_id)
+        except Exception as exc:  # noqa: BLE001 - W&B's own errors (network, settings) as one line
+            lines = str(exc).strip().splitlines()
+            raise UserError(
+                f"W&B could not start ({type(exc).__name__}: {lines[0] if lines else 'no details'}); "
+                "use logger.mode=offline or logger.mode=disabled"
+            ) from exc
+
+    def _start_wandb(self, wandb, project, entity, name, group, tags, config, run_id):
+        return wandb.init(
             project=project,
             entity=entity,
             name=name,
@@ -193,7 +212,7 @@ class MetricSink:
                 handle.flush()
         except OSError as exc:  # a full disk, a run dir gone read-only: one line, not a traceback
             raise UserError(
-                f"could not append to {self.jsonl_path}: {exc.strerror or exc}; the checkpoints written so far are intact"
+                f"could not append to {self.jsonl_path}: {exc.strerror or exc}; {last_good(self.run_dir / 'checkpoints' / 'last.pt')}"
             ) from exc
         if self.wandb_run is not None:
             self._log_wandb(record)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ikl.data import group_accuracies
 from ikl.data import set_epoch as set_loader_epoch
-from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
+from ikl.engine.checkpoint import last_good, nonfinite_tensors, save_checkpoint
 from ikl.engine.distributed import DistInfo, all_reduce_sum, unwrap
 from ikl.engine.graphs import StepGraph, capture_blocker, optimizer_key
 from ikl.engine.sink import MetricSink, write_json_atomic
@@ -338,6 +338,7 @@ class Trainer:
         self._sigterm_step = int(os.environ.get(SIGTERM_STEP_ENV, "-1"))
         self._resume_progress: dict[str, Any] | None = None
         self._stop = _StopFlag()
+        self._last_epoch_now = settings.epochs  # the last epoch this call of fit() trains (stop_after)
         self._finite = _FiniteWatch(self.device)
         self.graph = self._step_graph() if settings.cuda_graphs else None
 
@@ -409,12 +410,14 @@ class Trainer:
             last_epoch = min(last_epoch, self.epoch + self.settings.stop_after)
         with _StopFlag() as stop:
             self._stop = stop
+            self._last_epoch_now = last_epoch
             while self.epoch < last_epoch:
                 epoch = self.epoch + 1
                 train_metrics = self.train_epoch(epoch)
                 self.epoch = epoch
                 self.scheduler.step()
                 metrics = {**train_metrics, **self.evaluate(epoch)}
+                self._check_state_finite(epoch)
                 self._record(epoch, metrics)
                 self._save(epoch)
         return self.summary()
@@ -568,7 +571,8 @@ class Trainer:
             return
         for name, module in self.task.weight_files().items():
             self._write({**self._weights_fields(module), "epoch": epoch}, self.ckpt_dir / f"{name}.pt", epoch)
-        if epoch % self.settings.save_every == 0 or epoch == self.settings.epochs:
+        # the last epoch of this invocation too (stop_after): a run always stops where it can resume
+        if epoch % self.settings.save_every == 0 or epoch in (self.settings.epochs, self._last_epoch_now):
             self._write(self.state_dict(), self.ckpt_dir / "last.pt", epoch)
         if epoch == self.settings.epochs:
             accuracy = self.history[-1].get("test/acc") if self.history else None
@@ -577,6 +581,18 @@ class Trainer:
                 self.ckpt_dir / "final.pt",
                 epoch,
             )
+
+    def _check_state_finite(self, epoch: int) -> None:
+        """Every rank checks its weights, optimizer and task state before the epoch's checkpoints, so
+        under DDP all ranks stop together (replicas hold the same values) instead of one waiting."""
+        state = {
+            "model": unwrap(self.task.model).state_dict(),
+            "optimizer": self.optimizer.state_dict()["state"],
+            "task": self.task.checkpoint_state(),
+        }
+        bad = nonfinite_tensors(state)
+        if bad:
+            self._nonfinite_state(epoch, self.ckpt_dir / "last.pt", bad)
 
     def _write(self, state: Mapping[str, Any], path: Path, epoch: int) -> None:
         """Save ``state`` only when every floating-point tensor in it is finite (weights, optimizer
@@ -593,7 +609,7 @@ class Trainer:
             write_json_atomic(self.run_dir / "nonfinite_batch.json", report)
         raise NonFiniteLossError(
             f"model state became non-finite by epoch {epoch}, step {self.step} ({len(bad)} tensors, first {bad[0]}) "
-            f"while the loss stayed finite; {path.name} was not written; {last_good(self.ckpt_dir / 'last.pt')}; "
+            f"while the loss stayed finite; no checkpoint of epoch {epoch} was written ({path.name} neither); {last_good(self.ckpt_dir / 'last.pt')}; "
             f"details in {self.run_dir / 'nonfinite_batch.json'}; try a lower lr or trainer.amp=off"
         )
 
@@ -677,34 +693,3 @@ def _batch_sample_indices(loader: DataLoader, epoch: int, batch_index: int) -> l
         return [int(i) for i in batches[batch_index]]
     except (TypeError, AttributeError, IndexError):
         return None
-
-
-def nonfinite_tensors(state: Any, where: str = "") -> list[str]:
-    """The names of the floating-point tensors in a (nested) checkpoint state that hold NaN or Inf."""
-    if isinstance(state, torch.Tensor):
-        if state.is_floating_point() or state.is_complex():
-            return [] if bool(torch.isfinite(state).all()) else [where or "<tensor>"]
-        return []
-    if isinstance(state, Mapping):
-        return [
-            name
-            for key, value in state.items()
-            for name in nonfinite_tensors(value, f"{where}.{key}" if where else str(key))
-        ]
-    if isinstance(state, (list, tuple)):
-        return [name for i, value in enumerate(state) for name in nonfinite_tensors(value, f"{where}[{i}]")]
-    return []
-
-
-def last_good(path: Path) -> str:
-    """What to say about the checkpoint a failed run leaves: checked (it loads, every tensor finite), not assumed."""
-    if not path.is_file():
-        return "no checkpoint had been written yet"
-    try:
-        state = load_checkpoint(path)
-    except UserError as exc:
-        return f"the last checkpoint {path} could not be verified ({exc})"
-    bad = nonfinite_tensors(state)
-    if bad:
-        return f"the last checkpoint {path} holds non-finite values ({bad[0]}): do not resume from it"
-    return f"the last good checkpoint {path} (epoch {state.get('epoch')}) is intact (checked: it loads, all tensors finite)"

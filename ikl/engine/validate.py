@@ -50,6 +50,10 @@ BOOL_KEYS = {
     "enabled",
     "skip_bad_images",
 }
+# Numbers or null (null: off / not used), never a string or a switch: a typo would be read as a value.
+NUMBER_KEYS = {"lr", "grad_clip", "warmup_epochs", "label_smoothing", "alpha", "beta", "gamma", "kd_weight"}
+# Whole numbers or null.
+OPTIONAL_INT_KEYS = {"stop_after", "threads", "max_train_samples", "max_test_samples"}
 # Counts that may be null by design (null: the budget decides; see configs/train_at.yaml).
 NULLABLE_PATHS = {"attack.steps"}
 # Numbers that must be given (null would fail deep inside a constructor).
@@ -57,6 +61,8 @@ REQUIRED_NUMBER_KEYS = {"lr", "momentum", "weight_decay", "ce_weight"}
 # String values with a fixed set of choices everywhere they appear (a typo would otherwise fail
 # deep inside a constructor with a traceback, or not at all).
 CHOICES = {
+    "amp": ("off", "bf16", "fp16"),
+    "loader": ("auto", "standard", "device"),
     "budget": ("as_run", "as_described", "low", "fixed"),
     "precision": ("fp32", "amp"),
     # generated-data AT: the DM-AT recipe switches (ikl.tasks.at, ikl.data.generated)
@@ -98,8 +104,13 @@ def check_value(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{path}={value!r} must be true or false")
     if integer and not (isinstance(value, int) and not isinstance(value, bool)):
         raise ConfigError(f"{path}={value!r} must be a whole number")
-    if key in REQUIRED_NUMBER_KEYS and not _is_number(value):
+    numeric = key in REQUIRED_NUMBER_KEYS | NUMBER_KEYS or key.endswith(("temperature", "_weight"))
+    if numeric and not _is_number(value):
         raise ConfigError(f"{path}={value!r} must be a number")
+    if key in OPTIONAL_INT_KEYS and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ConfigError(f"{path}={value!r} must be a whole number or null")
+    if key in OPTIONAL_INT_KEYS and value <= 0:
+        raise ConfigError(f"{path}={value} must be a positive whole number (or null)")
     if not _is_number(value):
         return
     if isinstance(value, float) and not math.isfinite(value):

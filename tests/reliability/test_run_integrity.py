@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from ikl.cli import rundir
-from ikl.engine.checkpoint import load_checkpoint, save_checkpoint
-from ikl.engine.trainer import nonfinite_tensors
+from ikl.engine.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
 from tests.datautils import write_fake_cifar10, write_fake_image_folder
 from tests.reliability.helpers import AT_OVERRIDES, Proc, cli, job, kd_overrides, one_line
 from tests.reliability.report import REPORT
@@ -103,6 +102,7 @@ RESUME_REFUSALS = [
     ("train_kd.py", ["loss.wmse_weight=3", "seed=1"], "loss.wmse_weight: 8 -> 3; seed: 0 -> 1"),
     ("train_kd.py", ["batch_size=8"], "batch_size: 16 -> 8"),
     ("train_kd.py", ["trainer.amp=bf16"], "trainer.amp: 'off' -> 'bf16'"),
+    ("train_kd.py", ["trainer.workers=1"], "trainer.workers: 0 -> 1"),  # the augmentation's random streams
     ("train_kd.py", ["dataset.builder.max_train_samples=32"], "dataset.builder.max_train_samples: 64 -> 32"),
     (
         "train_at.py",
@@ -153,7 +153,7 @@ def test_a_cpu_resume_with_another_thread_count_is_refused(tmp_path, stopped_run
 
 def test_allowed_changes_continue_the_run_and_are_recorded(tmp_path, stopped_run, shared_files):
     _, run = copy_run(stopped_run, tmp_path)
-    extra = ["trainer.epochs=3", "trainer.log_every=2", "logger.mode=offline", "trainer.workers=0"]
+    extra = ["trainer.epochs=3", "trainer.log_every=2", "logger.mode=offline", "trainer.save_every=2"]
     code, stderr = cli("train_kd.py", [*kd(shared_files["teacher"], tmp_path / "o"), *extra, f"resume={run}"])
     assert code == 0, stderr
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
@@ -179,6 +179,18 @@ def test_a_changed_continuation_is_a_new_run_from_the_old_weights(tmp_path, stop
     assert hashes(run) == before
     identity = json.loads((new / "run.json").read_text())["identity"]["settings"]
     assert identity["init_from.sha256"] == rundir.file_sha256(start)
+    # its continuation need not repeat init_from, nor care that the source run went on meanwhile
+    save_checkpoint({**load_checkpoint(start), "epoch": 7}, start)
+    resume = [e for e in extra if not e.startswith(("init_from", "trainer.epochs"))] + [
+        "trainer.epochs=2",
+        "resume=true",
+    ]
+    code, stderr = cli("train_kd.py", [*kd(shared_files["teacher"], tmp_path / "o"), *resume])
+    assert code == 0, stderr
+    assert (
+        load_checkpoint(new / "checkpoints" / "last.pt")["identity"]["settings"]["init_from.sha256"]
+        == identity["init_from.sha256"]
+    )
     REPORT.add(
         "integrity",
         "1. one configuration",
@@ -226,15 +238,15 @@ def test_an_old_checkpoint_without_identity_is_refused(tmp_path, stopped_run, sh
 
 def test_sweep_jobs_resume_only_their_own_runs(tmp_path, shared_files):
     out = tmp_path / "outputs"
-    sweep = ["loss.prior_temperature=1,4", f"hydra.sweep.dir={tmp_path / 'sweep1'}"]
+    sweep = ["loss.prior_temperature=1,4", f"hydra.sweep.dir={out / 'sweep1'}"]
     code, stderr = cli("train_kd.py", ["-m", *kd(shared_files["teacher"], out, "trainer.stop_after=1"), *sweep])
     assert code == 0, stderr
-    runs = sorted(p.parent for p in (tmp_path / "sweep1").glob("*/run.json"))
+    runs = sorted(p.parent for p in (out / "sweep1").glob("*/run.json"))
     names = [json.loads((r / "run.json").read_text()) for r in runs]
     assert len(runs) == 2
     run_names = [(r / "config.yaml").read_text().split("run_name: ")[1].split("\n")[0] for r in runs]
     assert len(set(run_names)) == 2 and all("prior_temperature=" in n for n in run_names), run_names
-    again = ["loss.prior_temperature=1,4", f"hydra.sweep.dir={tmp_path / 'sweep2'}", "resume=true"]
+    again = ["loss.prior_temperature=1,4", f"hydra.sweep.dir={out / 'sweep2'}", "resume=true"]
     code, stderr = cli("train_kd.py", ["-m", *kd(shared_files["teacher"], out), *again])
     assert code == 0, stderr
     for run, marker in zip(runs, names, strict=True):
@@ -249,6 +261,102 @@ def test_sweep_jobs_resume_only_their_own_runs(tmp_path, shared_files):
         "-m loss.prior_temperature=1,4 stopped after epoch 1, then the same sweep with resume=true",
         f"each job resumed its own run (names {', '.join(run_names)}); the priors of the two runs differ",
         "2 runs, 2 attempts each, each checkpoint's identity its own",
+    )
+
+
+def test_a_resumed_sweep_over_an_allowed_key_keeps_each_job_in_its_own_run(tmp_path, shared_files):
+    """trainer.epochs may change on resume, so both jobs of `trainer.epochs=1,2` have one identity."""
+    out = tmp_path / "outputs"
+    for n in (1, 2):
+        args = [
+            "-m",
+            *kd(shared_files["teacher"], out),
+            "trainer.epochs=1,2",
+            "resume=true",
+            f"hydra.sweep.dir={out / f's{n}'}",
+        ]
+        code, stderr = cli("train_kd.py", args)
+        assert code == 0, stderr
+    runs = sorted(p.parent for p in out.glob("*/*/run.json"))
+    assert len(runs) == 2, runs
+    epochs = sorted(load_checkpoint(r / "checkpoints" / "last.pt")["epoch"] for r in runs)
+    assert epochs == [1, 2], epochs
+    REPORT.add(
+        "integrity",
+        "1. one configuration",
+        "-m trainer.epochs=1,2 resume=true, twice (the two jobs share an identity: epochs may change)",
+        "each job resumed its own run (a run another job of the sweep has taken, or with another value of a swept key, is skipped)",
+        "2 runs: 1 and 2 epochs",
+    )
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    first = write_fake_cifar10(tmp_path / "a", per_batch=8, test=10, seed=0)
+    other = write_fake_cifar10(tmp_path / "b", per_batch=8, test=10, seed=1)
+    run = tmp_path / "run"
+    code, stderr = cli("train_kd.py", [*cifar_args(first, run), "trainer.epochs=2", "trainer.stop_after=1"])
+    assert code == 0, stderr
+    before = hashes(run)
+    code, stderr = cli("train_kd.py", [*cifar_args(other, run), "trainer.epochs=2", "resume=true"])
+    line = refused(code, stderr, "was trained on other data")
+    assert hashes(run) == before
+    code, stderr = cli("train_kd.py", [*cifar_args(first, run), "trainer.epochs=2", "resume=true"])
+    assert code == 0, stderr
+    REPORT.add(
+        "integrity",
+        "1. one configuration",
+        "resume with dataset.builder.root pointing at another copy of CIFAR-10 (other images and labels)",
+        short(line, tmp_path),
+        "exit 2; byte-identical; the original data then resumed",
+    )
+
+
+def test_stop_after_always_leaves_a_checkpoint_to_resume(tmp_path, shared_files):
+    run = tmp_path / "run"
+    args = [*kd(shared_files["teacher"], tmp_path / "o"), f"run_dir={run}", "trainer.epochs=2", "trainer.save_every=2"]
+    code, stderr = cli("train_kd.py", [*args, "trainer.stop_after=1"])
+    assert code == 0, stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    REPORT.add(
+        "integrity",
+        "1. one configuration",
+        "trainer.stop_after=1 with trainer.save_every=2",
+        "last.pt of epoch 1 written (the stop epoch)",
+        "resumable",
+    )
+
+
+def test_a_damaged_config_yaml_does_not_block_a_resume(tmp_path, stopped_run, shared_files):
+    _, run = copy_run(stopped_run, tmp_path)
+    (run / "config.yaml").write_text("run_name: [unclosed\n")
+    code, stderr = cli("train_kd.py", [*kd(shared_files["teacher"], tmp_path / "o"), f"resume={run}"])
+    assert code == 0, stderr
+    assert "run_name:" in (run / "config.yaml").read_text() and "[unclosed" not in (run / "config.yaml").read_text()
+
+
+def test_the_ce_baseline_keeps_the_at_run_locked(tmp_path, monkeypatch):
+    from ikl.cli import train_at
+
+    run = tmp_path / "at"
+    seen = []
+    real = train_at.ce_baseline_config
+
+    def spy(cfg, run_dir):
+        seen.append(rundir.busy(run))
+        return real(cfg, run_dir)
+
+    monkeypatch.setattr(train_at, "ce_baseline_config", spy)
+    args = [a for a in AT_OVERRIDES if not a.startswith("compare_to_ce")]
+    code, stderr = cli("train_at.py", [*args, f"run_dir={run}", "compare_to_ce=true", "trainer.epochs=1"])
+    assert code == 0, stderr
+    assert seen and seen[0] is not None and "pid" in seen[0]
+    assert rundir.busy(run) is None
+    REPORT.add(
+        "integrity",
+        "2. one writer",
+        "train_at.py compare_to_ce=true: its CE baseline trains inside the run dir",
+        "the AT run stays locked until its summary (with the baseline's numbers) is written",
+        "lock held throughout",
     )
 
 
@@ -419,6 +527,14 @@ def test_refusals_leave_every_file_of_a_run_byte_identical(tmp_path, stopped_run
         (f"teacher.checkpoint={tmp_path}", "is a directory"),
         ("run_name=" + "x" * 300, "bytes long"),
         ("trainer.channels_last=maybe", "must be true or false"),
+        ("trainer.amp=fp8", "trainer.amp='fp8' is not one of off, bf16, fp16"),
+        ("logger.mode=online", "W&B has no login here"),
+        ("logger.mode=loud", "logger.mode='loud' is not one of"),
+        ("loss.temperature=abc", "loss.temperature='abc' must be a number"),
+        ("loss.temperature=true", "loss.temperature=True must be a number"),
+        ("trainer.stop_after=abc", "trainer.stop_after='abc' must be a whole number or null"),
+        ("trainer.threads=abc", "trainer.threads='abc' must be a whole number or null"),
+        ("out_dir=null", "out_dir is empty or null"),
         ("loss.prior_temperature=2", "loss.prior_temperature: 4 -> 2"),
     ]
     for override, named in cases:
