@@ -75,8 +75,21 @@ def _module(class_wise: bool, num_classes: int = 13, **kw) -> IKLLoss:
 MODULES = {
     # the KD call as released (configs/loss/ikl.yaml): GI off, sample-wise softmax(t/100), T = 4
     "kd_as_released": dict(class_wise=False, wmse_weight=8.0, sce_weight=1.0, temperature=4.0, prior_temperature=100.0),
-    # sample-wise weights at the sCE's own temperature (the one softmax serves both terms)
-    "shared_softmax": dict(class_wise=False, wmse_weight=2.0, sce_weight=3.0, temperature=2.0, prior_temperature=2.0),
+    # sample-wise weights at the sCE's own temperature (the one softmax serves both terms), DKLv2's
+    # reduction (rows of a softmax sum to 1: D = B)
+    "shared_softmax": dict(
+        class_wise=False, wmse_weight=2.0, sce_weight=3.0, temperature=2.0, prior_temperature=2.0, normalize=True
+    ),
+    # DKLv2 KD with GI off: softmax(t/4)^γ, divided by Σ w_j w_k
+    "gkl_sample_wise": dict(
+        class_wise=False,
+        wmse_weight=4.0,
+        sce_weight=1.0,
+        temperature=1.0,
+        prior_temperature=4.0,
+        weight_power=0.3,
+        normalize=True,
+    ),
     # AT as configs/loss/ikl_at.yaml: GI on (a built prior), T = 1
     "at_gi": dict(class_wise=True, wmse_weight=20.0, sce_weight=5.0, temperature=1.0, prior_temperature=4.0),
     # GKL: a power of the prior rows and the DKLv2 reduction, BA off
@@ -217,6 +230,7 @@ def test_automatic_chunks_bound_the_temporaries(monkeypatch, setting):
     side), the backward only the gradients it returns."""
     chunk = 64 * 50
     monkeypatch.setitem(fused.CHUNK_ELEMENTS, "cpu", chunk)  # 64 rows of C = 50 a chunk
+    monkeypatch.setitem(fused.CHUNK_ELEMENTS_PER_THREAD, "cpu", 1)
     batch, classes = 1000, 50
     student = logits(batch, classes, 16).float().requires_grad_()
     target = logits(batch, classes, 17).float().requires_grad_(setting == "at")

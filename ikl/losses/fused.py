@@ -18,9 +18,10 @@ Centring on the weighted mean is the closed form of paper Alg. 2 (Σ_jk w_j w_k 
 2(S Σ w d² − (Σ w d)²)) evaluated without its cancellation: with c centred, Σ w c = 0, and the
 value is ½ S Σ w c², so logits of ±1e4 lose nothing beyond the rounding of t − s itself.
 
-``chunk_rows=None`` picks as many rows as keep a chunk near ``CHUNK_ELEMENTS`` values (the whole
-batch when it is smaller), so peak memory never grows with temporaries of the full [B, C] size
-and the working set stays in cache on a CPU.
+``chunk_size=None`` picks as many rows as keep a chunk near ``CHUNK_ELEMENTS`` values (the whole
+batch when it is smaller), so the temporaries never reach the full [B, C] size and the working
+set stays in cache on a CPU. Peak memory of one call, beyond its inputs: the saved gradients (one
+[B, C] tensor per term that sends one), the returned gradients, and a few chunks.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# Values per chunk when the caller does not choose: 2^18 float32 = 1 MiB per temporary on a CPU
-# (cache-sized); 2^24 on an accelerator, where every chunk costs a round of kernel launches.
+# Values per chunk when the caller does not choose: on a CPU 2^18 (1 MiB of float32 per
+# temporary, cache-sized) or 2^16 per thread if that is more; 2^24 on an accelerator, where every
+# chunk costs a round of kernel launches.
 CHUNK_ELEMENTS = {"cpu": 1 << 18}
+CHUNK_ELEMENTS_PER_THREAD = {"cpu": 1 << 16}
 CHUNK_ELEMENTS_DEFAULT = 1 << 24
 # chunks of at most this many values take the variant with fewer ops (per-op overhead dominates)
 SMALL_ELEMENTS = 1 << 15
@@ -47,6 +50,8 @@ def chunk_rows_for(batch: int, classes: int, device: torch.device, chunk_size: i
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         return min(chunk_size, max(batch, 1))
     budget = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS_DEFAULT)
+    if device.type in CHUNK_ELEMENTS_PER_THREAD:
+        budget = max(budget, CHUNK_ELEMENTS_PER_THREAD[device.type] * torch.get_num_threads())
     return max(1, min(batch, budget // max(classes, 1)))
 
 
@@ -116,7 +121,9 @@ def _chunk_weights(
 ) -> Tensor:
     """The chunk's weight vectors w^γ (detached): given, prior rows by label, softmax(t/τ) or 1/C.
 
-    ``t`` is the chunk's target rows ``rows`` of the batch (all of it when ``whole``)."""
+    ``t`` is the chunk's target rows ``rows`` of the batch (all of it when ``whole``). Returns
+    (w, unit): ``unit`` when every row sums to 1 by construction (a softmax or the uniform vector,
+    γ = 1), so that S = 1 may be used as it is, exactly, instead of its rounded sum."""
     n = len(t)
     own = True  # whether w is a temporary of this call that may be modified in place
     if weights is not None:
@@ -136,11 +143,12 @@ def _chunk_weights(
             w = work.keep("weights", _softmax(t, 1.0 / spec.weight_temperature, work.out("weights", n), work, n))
     else:
         w = torch.full_like(t, 1.0 / t.shape[1])  # uniform weights (GI before its first epoch)
+    unit = weights is None and table is None
     if spec.weight_power == 1.0:
-        return w
+        return w, unit
     if spec.weight_power == 0.0:
-        return torch.ones_like(t)
-    return w.pow_(spec.weight_power) if own else torch.pow(w, spec.weight_power)
+        return torch.ones_like(t), False
+    return (w.pow_(spec.weight_power) if own else torch.pow(w, spec.weight_power)), False
 
 
 def _total(parts: list[Tensor]) -> Tensor:
@@ -188,7 +196,7 @@ class FusedIKL(torch.autograd.Function):
         wmse_parts: list[Tensor] = []
         weight_parts: list[Tensor] = []
         tiny = torch.finfo(student.dtype).tiny
-        with _no_autocast(student.device), torch.no_grad():
+        with _no_autocast(student.device):  # (forward runs without grad)
             for start in range(0, batch, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, batch))
                 n = rows.stop - start
@@ -209,41 +217,48 @@ class FusedIKL(torch.autograd.Function):
                             sce_grad = q if whole else sce_grad
                     else:
                         # T·Σ_b LSE(s_b/T) − Σ_bj p s: LSE = max(s)/T + log Z and 1/Z is q's largest
-                        # entry (at the argmax of s); scaled by β/(B·T) below
+                        # entry (q's entry at the argmax of s is exp(0)/Z); scaled by β/(B·T) below
                         out = (None if whole else sce_grad[rows]) if want_sce_grad else work.out("q", n)
                         q = torch.softmax(scaled_s, dim=1, out=out)
                         if not want_sce_grad:
                             work.keep("q", q)
-                        q_max, arg = q.max(dim=1, keepdim=True)
-                        lse = torch.sub(s.gather(1, arg), q_max.log_(), alpha=temperature)
+                        # (amax, not max: max with indices has no fast kernel on a CPU)
+                        lse = torch.sub(s.amax(dim=1), q.amax(dim=1).log_(), alpha=temperature)
                         sce_parts.append(lse.sum().sub_(_dot(p, s)))
                         if want_sce_grad:
                             q.sub_(p)  # the sCE's student gradient (q − p), scaled in backward
                             sce_grad = q if whole else sce_grad
                 if spec.wmse:
-                    w = _chunk_weights(spec, t, rows, whole, weights, table, labels, p, work)
+                    w, unit = _chunk_weights(spec, t, rows, whole, weights, table, labels, p, work)
                     centred = work.keep("centred", torch.sub(t, s, out=work.out("centred", n)))
-                    weight_sum = w.sum(dim=1, keepdim=True)
-                    if spec.normalize:
-                        weight_parts.append(weight_sum.square().sum())
                     weighted = work.keep("weighted", torch.mul(w, centred, out=work.out("weighted", n)))
-                    divisor = weight_sum.clamp_min(tiny) if guard_zero else weight_sum
-                    centred.addcdiv_(weighted.sum(dim=1, keepdim=True), divisor, value=-1)
-                    torch.mul(w, centred, out=weighted)
                     # c is centred on the weighted mean, so Σ w c = 0 up to rounding and
                     # ½(S Σ w c² − (Σ w c)²) = ½ S Σ w c² = ½ Σ_j c_j ∂/∂d_j with ∂/∂d = S w ⊙ c:
                     # no large sums cancel, whatever the logits' offsets (±1e4 stays exact)
+                    grad_out = (None if whole else wmse_grad[rows]) if want_wmse_grad else work.out("grad", n)
+                    if unit:  # S = 1
+                        centred.sub_(weighted.sum(dim=1, keepdim=True))
+                        grad = torch.mul(w, centred, out=grad_out)
+                    else:
+                        weight_sum = w.sum(dim=1, keepdim=True)
+                        if spec.normalize:
+                            weight_parts.append(weight_sum.square().sum())
+                        divisor = weight_sum.clamp_min(tiny) if guard_zero else weight_sum
+                        # (a [rows, 1] division, then a plain broadcast: addcdiv_ has no fast kernel here)
+                        centred.sub_(weighted.sum(dim=1, keepdim=True).div_(divisor))
+                        torch.mul(w, centred, out=weighted)
+                        grad = torch.mul(weighted, weight_sum, out=grad_out)
                     if want_wmse_grad:
-                        grad = torch.mul(weighted, weight_sum, out=None if whole else wmse_grad[rows])
                         wmse_grad = grad if whole else wmse_grad
                     else:
-                        grad = work.keep("grad", torch.mul(weighted, weight_sum, out=work.out("grad", n)))
+                        work.keep("grad", grad)
                     wmse_parts.append(_dot(centred, grad))
                     del w
         outputs = []
         wmse_scale: float | Tensor = 0.0
         if spec.wmse:
-            wmse_scale = spec.wmse_weight / (_total(weight_parts) if spec.normalize else batch)
+            # normalize: D = Σ_b S_b² (= B when the rows sum to 1 by construction)
+            wmse_scale = spec.wmse_weight / (_total(weight_parts) if weight_parts else batch)
             outputs.append(_total(wmse_parts) * (0.5 * wmse_scale))
         if spec.sce:
             factor = -spec.sce_weight / batch if small else spec.sce_weight * inv_t / batch
@@ -270,22 +285,23 @@ class FusedIKL(torch.autograd.Function):
         grad_sce = grads.pop(0) if spec.sce else None
         need_student, need_target = ctx.need
         grad_student = grad_target = None
-        wmse_factor = None
-        if grad_wmse is not None and wmse_grad is not None:
-            wmse_factor = grad_wmse * wmse_scale
-        if need_target and wmse_factor is not None:
-            grad_target = wmse_grad * wmse_factor
+        wmse = grad_wmse is not None and wmse_grad is not None
+        sce = grad_sce is not None and sce_grad is not None and need_student
+        if need_target and wmse:
+            grad_target = wmse_grad * (grad_wmse * wmse_scale)
         if need_student:
-            student_wmse = wmse_factor is not None and spec.break_asymmetry
-            if grad_sce is not None and sce_grad is not None:
+            student_wmse = wmse and spec.break_asymmetry
+            if sce and student_wmse:
+                if grad_target is not None:  # q − p scaled, less the target's gradient
+                    grad_student = sce_grad * (grad_sce * ctx.sce_scale)
+                    grad_student.sub_(grad_target)
+                else:  # one allocation: −(α/D)·g_w·∂wMSE, then + (β/BT)·g_s·(q − p) in place
+                    grad_student = torch.mul(wmse_grad, grad_wmse * -wmse_scale)
+                    grad_student.addcmul_(sce_grad, grad_sce, value=ctx.sce_scale)
+            elif sce:
                 grad_student = sce_grad * (grad_sce * ctx.sce_scale)
-                if student_wmse:
-                    if grad_target is not None:
-                        grad_student.sub_(grad_target)
-                    else:
-                        grad_student.addcmul_(wmse_grad, wmse_factor, value=-1)
             elif student_wmse:
-                grad_student = -grad_target if grad_target is not None else wmse_grad * (-wmse_factor)
+                grad_student = -grad_target if grad_target is not None else wmse_grad * (grad_wmse * -wmse_scale)
         return grad_student, grad_target, None, None, None, None, None, None, None
 
 
@@ -338,7 +354,7 @@ class FusedKL(torch.autograd.Function):
         grad_t = torch.empty_like(student) if need_target else None
         work = _Workspace(min(chunk_rows, batch))
         parts: list[Tensor] = []
-        with _no_autocast(student.device), torch.no_grad():
+        with _no_autocast(student.device):  # (forward runs without grad)
             for start in range(0, batch, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, batch))
                 n = rows.stop - start
@@ -349,10 +365,8 @@ class FusedKL(torch.autograd.Function):
                 else:
                     q = work.keep("q", _softmax(s, inv_t, work.out("q", n), work, n))
                 # T·(LSE(t/T) − LSE(s/T)) per row, LSE = max/T + log Z, 1/Z = the largest softmax entry
-                p_max, p_arg = p.max(dim=1, keepdim=True)
-                q_max, q_arg = q.max(dim=1, keepdim=True)
-                gap = t.gather(1, p_arg).sub_(s.gather(1, q_arg))
-                gap.add_(q_max.log_().sub_(p_max.log_()), alpha=temperature)
+                gap = t.amax(dim=1, keepdim=True).sub_(s.amax(dim=1, keepdim=True))
+                gap.add_(q.amax(dim=1, keepdim=True).log_().sub_(p.amax(dim=1, keepdim=True).log_()), alpha=temperature)
                 diff = work.keep("diff", torch.sub(t, s, out=work.out("diff", n)))
                 # T·KL_b = Σ_j p_j (t − s)_j − T·(LSE_t − LSE_s)
                 kl = torch.linalg.vecdot(p, diff, dim=1).unsqueeze(1).sub_(gap)
