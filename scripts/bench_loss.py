@@ -19,8 +19,9 @@ call's time is divided by the reference's time *in the same round*; the table gi
 those per-round ratios (and the median time). A noisy machine slows a round's calls alike, so
 the ratios survive load that the absolute times do not. Peak memory: one forward+backward in a
 fresh process per (call, B, C): the rise of the peak resident set (CPU; every allocation its own
-mapping, the kernel's peak mark reset just before) or of ``max_memory_allocated`` (CUDA); inputs
-and the GI prior (state, 12·C² bytes) are allocated before and not counted.
+mapping, the kernel's peak mark reset just before) or of ``max_memory_allocated`` (CUDA), in the
+second of two calls; inputs and the GI prior (state, 12·C² bytes) are allocated before and not
+counted.
 
 The table is written only when the machine is quiet: the 1-minute load average before the run,
 and after it less this benchmark's own threads, must not exceed the number of cores. Otherwise it
@@ -185,10 +186,9 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: str, rounds: 
 def peak_memory_child(name: str, setting: str, batch: int, classes: int, device: str) -> int:
     """Runs in a fresh process: bytes of peak memory added by one forward+backward."""
     call = next(c for c in CALLS if c.name == name and c.setting == setting)
-    warm = make_inputs(2, 8, device, setting)  # start autograd's engine and allocators outside
-    make_step(call, warm, device)()
     inputs = make_inputs(batch, classes, device, setting)
     step = make_step(call, inputs, device)  # builds the GI prior (state) before the measurement
+    step()  # a first call initialises what is lazy (kernels, autograd's engine); the second is measured
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -380,6 +380,7 @@ def main() -> None:
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, and CUDA if present"
     )
     parser.add_argument("--no-big", action="store_true", help="skip the vocabulary-sized rows")
+    parser.add_argument("--sizes", help="only these sizes, e.g. 512x1000,64x10 (vocabulary rows: C > 10^4)")
     parser.add_argument("--big-gi", action="store_true", help="run GI calls even where the prior takes > 1 GiB")
     parser.add_argument("--print-only", action="store_true", help="print the table, write nothing")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_loss.md"))
@@ -391,7 +392,11 @@ def main() -> None:
         return
     threads, n_cores = torch.get_num_threads(), cores()
     load_before = load_average()
-    if args.quick:
+    if args.sizes:
+        pairs = [tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",")]
+        sizes = [(b, c, c > 10_000) for b, c in pairs]
+        rounds, warmup, memory = max(args.rounds, 25), 3, True
+    elif args.quick:
         sizes = [(b, c, False) for b, c in QUICK]
         rounds, warmup, memory = 5, 1, False
     else:

@@ -141,6 +141,32 @@ def test_each_module_term_has_its_own_gradient(path, setting):
         assert_same(ours, ref)
 
 
+@pytest.mark.parametrize("setting", ["kd", "at"])
+@pytest.mark.parametrize("name", ["kd_as_released", "at_gi"])
+def test_terms_weighted_differently_still_match_the_oracle(path, setting, name):
+    """The backward's fast path assumes the two terms are summed; other combinations are exact too."""
+    config = MODULES[name]
+    loss = _module(**config)
+    student, target, labels = logits(6, 13, 23), logits(6, 13, 24), torch.arange(6)
+    weights = (
+        torch.full((6, 13), 1 / 13.0, dtype=torch.float64)
+        if config["class_wise"]
+        else torch.softmax(target / config["prior_temperature"], dim=1)
+    )
+    temperature = config["temperature"]
+
+    def ours(s, t):
+        terms = loss(s, t, labels)
+        return 0.3 * terms["loss_wmse"] - 2.0 * terms["loss_sce"]
+
+    def oracle(s, t):
+        wmse = config["wmse_weight"] * oracles.pairwise_wmse(s, t, weights)
+        return 0.3 * wmse - 2.0 * config["sce_weight"] * oracles.soft_ce(s, t, temperature)
+
+    assert_same(*oracle_and_ours(ours, oracle, logits(6, 13, 23), logits(6, 13, 24), GRADS[setting]))
+    assert student.shape == target.shape
+
+
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 @pytest.mark.parametrize("chunk_size", [None, 1, 4])
 def test_dkl_and_soft_ce_match_the_oracle(path, temperature, chunk_size):

@@ -101,10 +101,16 @@ class _Workspace:
         return x
 
 
-def _softmax(x: Tensor, inv_t: float, out: Tensor | None, work: _Workspace, n: int) -> Tensor:
-    """softmax(x·inv_t), into ``out`` when given."""
+def _buffer(work: _Workspace, name: str, like: Tensor) -> Tensor:
+    """The workspace buffer ``name`` for a chunk shaped as ``like`` (allocated at first use)."""
+    out = work.out(name, len(like))
+    return out if out is not None else work.keep(name, torch.empty_like(like))
+
+
+def _softmax(x: Tensor, inv_t: float, out: Tensor, work: _Workspace) -> Tensor:
+    """softmax(x·inv_t) into ``out`` (the scaled input goes to the scratch buffer)."""
     if inv_t != 1.0:
-        x = work.keep("scaled", torch.mul(x, inv_t, out=work.out("scaled", n)))
+        x = torch.mul(x, inv_t, out=_buffer(work, "scratch", x))
     return torch.softmax(x, dim=1, out=out)
 
 
@@ -118,37 +124,41 @@ def _chunk_weights(
     labels: Tensor | None,
     p: Tensor | None,
     work: _Workspace,
-) -> Tensor:
+) -> tuple[Tensor, bool]:
     """The chunk's weight vectors w^γ (detached): given, prior rows by label, softmax(t/τ) or 1/C.
 
     ``t`` is the chunk's target rows ``rows`` of the batch (all of it when ``whole``). Returns
     (w, unit): ``unit`` when every row sums to 1 by construction (a softmax or the uniform vector,
-    γ = 1), so that S = 1 may be used as it is, exactly, instead of its rounded sum."""
-    n = len(t)
-    own = True  # whether w is a temporary of this call that may be modified in place
+    γ = 1), so that S = 1 may be used as it is, exactly, instead of its rounded sum. Computed
+    weights go to the workspace buffer "p": the sCE is done with the target's softmax by now."""
+    own = True  # whether w is the workspace buffer (may be modified in place)
     if weights is not None:
         w = weights if whole else weights[rows]
         own = w.dtype != t.dtype
-        w = w.to(t.dtype)
+        if own:
+            w = _buffer(work, "p", t).copy_(w)
     elif table is not None:
         index = labels if whole else labels[rows]
+        out = _buffer(work, "p", t)
         if table.dtype == t.dtype:
-            w = work.keep("weights", torch.index_select(table, 0, index, out=work.out("weights", n)))
+            w = torch.index_select(table, 0, index, out=out)
         else:
-            w = table.index_select(0, index).to(t.dtype)
+            w = out.copy_(table.index_select(0, index))
     elif spec.weight_temperature is not None:
         if p is not None and spec.weight_temperature == spec.temperature:
             w, own = p, False  # the sCE's target softmax at the same temperature: computed once, used twice
         else:
-            w = work.keep("weights", _softmax(t, 1.0 / spec.weight_temperature, work.out("weights", n), work, n))
+            w = _softmax(t, 1.0 / spec.weight_temperature, _buffer(work, "p", t), work)
     else:
-        w = torch.full_like(t, 1.0 / t.shape[1])  # uniform weights (GI before its first epoch)
+        w = _buffer(work, "p", t).fill_(1.0 / t.shape[1])  # uniform weights (GI before epoch 1)
     unit = weights is None and table is None
     if spec.weight_power == 1.0:
         return w, unit
     if spec.weight_power == 0.0:
-        return torch.ones_like(t), False
-    return (w.pow_(spec.weight_power) if own else torch.pow(w, spec.weight_power)), False
+        return _buffer(work, "p", t).fill_(1.0), False
+    if own:
+        return w.pow_(spec.weight_power), False
+    return torch.pow(w, spec.weight_power, out=_buffer(work, "p", t)), False
 
 
 def _total(parts: list[Tensor]) -> Tensor:
@@ -188,6 +198,14 @@ class FusedIKL(torch.autograd.Function):
         small = rows_per_chunk * classes <= SMALL_ELEMENTS
         want_sce_grad = spec.sce and need_student
         want_wmse_grad = spec.wmse and (need_target or (need_student and spec.break_asymmetry))
+        # The student's gradient is kc·g_sce·(q − p) − kw·g_wmse·∂wMSE (kc = β/(B·T), kw = α/D). The
+        # terms are usually summed, so g_sce and g_wmse are one tensor: then the chunk folds the two
+        # into (q − p) − (kw/kc)·∂wMSE while it is in cache and the backward only scales it. (D must
+        # be known up front: not with normalize; the other cases are rebuilt in backward.)
+        combine = (
+            want_sce_grad and want_wmse_grad and spec.break_asymmetry and not spec.normalize and spec.sce_weight != 0
+        )
+        ratio = spec.wmse_weight * temperature / spec.sce_weight if combine else 0.0  # kw / kc
         # zero-weight rows only come from weights given by the caller or a power of them
         guard_zero = weights is not None or spec.weight_power != 1.0
         sce_grad = wmse_grad = None
@@ -199,60 +217,64 @@ class FusedIKL(torch.autograd.Function):
         with _no_autocast(student.device):  # (forward runs without grad)
             for start in range(0, batch, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, batch))
-                n = rows.stop - start
-                whole = n == batch
+                whole = rows.stop - start == batch
                 s, t = (student, target) if whole else (student[rows], target[rows])
                 if not whole and start == 0:
                     sce_grad = torch.empty_like(student) if want_sce_grad else None
                     wmse_grad = torch.empty_like(student) if want_wmse_grad else None
+                # [rows, C] buffers: "scratch" (scaled inputs, then t − s) and "p" (the target's
+                # softmax, then the weights); q and ∂wMSE go straight into the saved gradients
+                # (into workspace buffers when no gradient is wanted)
                 p = None
                 if spec.sce:
-                    p = work.keep("p", _softmax(t, inv_t, work.out("p", n), work, n))
-                    scaled_s = s if inv_t == 1.0 else work.keep("s", torch.mul(s, inv_t, out=work.out("s", n)))
+                    p = _softmax(t, inv_t, _buffer(work, "p", t), work)
+                    if want_sce_grad:
+                        q_out = sce_grad[rows] if sce_grad is not None else torch.empty_like(t)
+                    else:
+                        q_out = _buffer(work, "q", t)
+                    scaled_s = s if inv_t == 1.0 else torch.mul(s, inv_t, out=_buffer(work, "scratch", s))
                     if small:  # Σ_bj p · log_softmax(s/T), scaled by −β/B below
-                        log_q = torch.log_softmax(scaled_s, dim=1)
+                        log_q = torch.log_softmax(scaled_s, dim=1, out=q_out)
                         sce_parts.append(_dot(p, log_q))
-                        if want_sce_grad:
-                            q = torch.exp(log_q, out=None if whole else sce_grad[rows]).sub_(p)
-                            sce_grad = q if whole else sce_grad
+                        q = log_q.exp_() if want_sce_grad else None
                     else:
                         # T·Σ_b LSE(s_b/T) − Σ_bj p s: LSE = max(s)/T + log Z and 1/Z is q's largest
                         # entry (q's entry at the argmax of s is exp(0)/Z); scaled by β/(B·T) below
-                        out = (None if whole else sce_grad[rows]) if want_sce_grad else work.out("q", n)
-                        q = torch.softmax(scaled_s, dim=1, out=out)
-                        if not want_sce_grad:
-                            work.keep("q", q)
+                        q = torch.softmax(scaled_s, dim=1, out=q_out)
                         # (amax, not max: max with indices has no fast kernel on a CPU)
                         lse = torch.sub(s.amax(dim=1), q.amax(dim=1).log_(), alpha=temperature)
                         sce_parts.append(lse.sum().sub_(_dot(p, s)))
-                        if want_sce_grad:
-                            q.sub_(p)  # the sCE's student gradient (q − p), scaled in backward
-                            sce_grad = q if whole else sce_grad
+                    if want_sce_grad:
+                        q.sub_(p)  # the sCE's student gradient (q − p), scaled in backward
+                        if whole:
+                            sce_grad = q
                 if spec.wmse:
                     w, unit = _chunk_weights(spec, t, rows, whole, weights, table, labels, p, work)
-                    centred = work.keep("centred", torch.sub(t, s, out=work.out("centred", n)))
-                    weighted = work.keep("weighted", torch.mul(w, centred, out=work.out("weighted", n)))
+                    centred = torch.sub(t, s, out=_buffer(work, "scratch", t))
+                    if want_wmse_grad:
+                        grad = wmse_grad[rows] if wmse_grad is not None else torch.empty_like(t)
+                    else:
+                        grad = _buffer(work, "grad", t)
+                    torch.mul(w, centred, out=grad)  # w ⊙ d, for the weighted mean
                     # c is centred on the weighted mean, so Σ w c = 0 up to rounding and
                     # ½(S Σ w c² − (Σ w c)²) = ½ S Σ w c² = ½ Σ_j c_j ∂/∂d_j with ∂/∂d = S w ⊙ c:
                     # no large sums cancel, whatever the logits' offsets (±1e4 stays exact)
-                    grad_out = (None if whole else wmse_grad[rows]) if want_wmse_grad else work.out("grad", n)
                     if unit:  # S = 1
-                        centred.sub_(weighted.sum(dim=1, keepdim=True))
-                        grad = torch.mul(w, centred, out=grad_out)
+                        centred.sub_(grad.sum(dim=1, keepdim=True))
+                        torch.mul(w, centred, out=grad)
                     else:
                         weight_sum = w.sum(dim=1, keepdim=True)
                         if spec.normalize:
                             weight_parts.append(weight_sum.square().sum())
                         divisor = weight_sum.clamp_min(tiny) if guard_zero else weight_sum
                         # (a [rows, 1] division, then a plain broadcast: addcdiv_ has no fast kernel here)
-                        centred.sub_(weighted.sum(dim=1, keepdim=True).div_(divisor))
-                        torch.mul(w, centred, out=weighted)
-                        grad = torch.mul(weighted, weight_sum, out=grad_out)
-                    if want_wmse_grad:
-                        wmse_grad = grad if whole else wmse_grad
-                    else:
-                        work.keep("grad", grad)
+                        centred.sub_(grad.sum(dim=1, keepdim=True).div_(divisor))
+                        torch.mul(w, centred, out=grad).mul_(weight_sum)
                     wmse_parts.append(_dot(centred, grad))
+                    if want_wmse_grad and whole:
+                        wmse_grad = grad
+                    if combine:
+                        (sce_grad if whole else sce_grad[rows]).sub_(grad, alpha=ratio)
                     del w
         outputs = []
         wmse_scale: float | Tensor = 0.0
@@ -265,6 +287,7 @@ class FusedIKL(torch.autograd.Function):
             outputs.append(_total(sce_parts) * factor)
         ctx.spec = spec
         ctx.sce_scale = spec.sce_weight * inv_t / batch
+        ctx.combined = combine
         ctx.need = (need_student, need_target)
         tensors = [sce_grad, wmse_grad]
         ctx.wmse_scale = None if isinstance(wmse_scale, Tensor) else wmse_scale
@@ -284,24 +307,37 @@ class FusedIKL(torch.autograd.Function):
         grad_wmse = grads.pop(0) if spec.wmse else None
         grad_sce = grads.pop(0) if spec.sce else None
         need_student, need_target = ctx.need
+        sce_scale = ctx.sce_scale
         grad_student = grad_target = None
         wmse = grad_wmse is not None and wmse_grad is not None
-        sce = grad_sce is not None and sce_grad is not None and need_student
         if need_target and wmse:
             grad_target = wmse_grad * (grad_wmse * wmse_scale)
-        if need_student:
-            student_wmse = wmse and spec.break_asymmetry
-            if sce and student_wmse:
-                if grad_target is not None:  # q − p scaled, less the target's gradient
-                    grad_student = sce_grad * (grad_sce * ctx.sce_scale)
-                    grad_student.sub_(grad_target)
-                else:  # one allocation: −(α/D)·g_w·∂wMSE, then + (β/BT)·g_s·(q − p) in place
-                    grad_student = torch.mul(wmse_grad, grad_wmse * -wmse_scale)
-                    grad_student.addcmul_(sce_grad, grad_sce, value=ctx.sce_scale)
-            elif sce:
-                grad_student = sce_grad * (grad_sce * ctx.sce_scale)
-            elif student_wmse:
-                grad_student = -grad_target if grad_target is not None else wmse_grad * (grad_wmse * -wmse_scale)
+        if not need_student:
+            return grad_student, grad_target, None, None, None, None, None, None, None
+        if ctx.combined:  # sce_grad holds (q − p) − (kw/kc)·∂wMSE
+            if grad_sce is grad_wmse:  # the terms were summed (or both unused)
+                if grad_sce is not None:
+                    grad_student = sce_grad * (grad_sce * sce_scale)
+            elif grad_sce is None:
+                grad_student = wmse_grad * (grad_wmse * -wmse_scale)
+            else:  # kc·g_s·(combined) + kw·(g_s − g_w)·∂wMSE
+                grad_student = sce_grad * (grad_sce * sce_scale)
+                gap = grad_sce if grad_wmse is None else grad_sce - grad_wmse
+                grad_student.addcmul_(wmse_grad, gap * wmse_scale)
+            return grad_student, grad_target, None, None, None, None, None, None, None
+        sce = grad_sce is not None and sce_grad is not None
+        student_wmse = wmse and spec.break_asymmetry
+        if sce and student_wmse:
+            if grad_target is not None:  # q − p scaled, less the target's gradient
+                grad_student = sce_grad * (grad_sce * sce_scale)
+                grad_student.sub_(grad_target)
+            else:  # one allocation: −(α/D)·g_w·∂wMSE, then + (β/BT)·g_s·(q − p) in place
+                grad_student = torch.mul(wmse_grad, grad_wmse * -wmse_scale)
+                grad_student.addcmul_(sce_grad, grad_sce, value=sce_scale)
+        elif sce:
+            grad_student = sce_grad * (grad_sce * sce_scale)
+        elif student_wmse:
+            grad_student = -grad_target if grad_target is not None else wmse_grad * (grad_wmse * -wmse_scale)
         return grad_student, grad_target, None, None, None, None, None, None, None
 
 
@@ -357,23 +393,20 @@ class FusedKL(torch.autograd.Function):
         with _no_autocast(student.device):  # (forward runs without grad)
             for start in range(0, batch, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, batch))
-                n = rows.stop - start
                 s, t = student[rows], target[rows]
-                p = work.keep("p", _softmax(t, inv_t, work.out("p", n), work, n))
-                if grad_s is not None:
-                    q = _softmax(s, inv_t, grad_s[rows], work, n)
-                else:
-                    q = work.keep("q", _softmax(s, inv_t, work.out("q", n), work, n))
+                p = _softmax(t, inv_t, _buffer(work, "p", t), work)
+                q = _softmax(s, inv_t, grad_s[rows] if grad_s is not None else _buffer(work, "q", s), work)
                 # T·(LSE(t/T) − LSE(s/T)) per row, LSE = max/T + log Z, 1/Z = the largest softmax entry
                 gap = t.amax(dim=1, keepdim=True).sub_(s.amax(dim=1, keepdim=True))
                 gap.add_(q.amax(dim=1, keepdim=True).log_().sub_(p.amax(dim=1, keepdim=True).log_()), alpha=temperature)
-                diff = work.keep("diff", torch.sub(t, s, out=work.out("diff", n)))
+                diff = torch.sub(t, s, out=_buffer(work, "scratch", t))
+                product = torch.mul(p, diff, out=grad_t[rows] if grad_t is not None else _buffer(work, "product", t))
                 # T·KL_b = Σ_j p_j (t − s)_j − T·(LSE_t − LSE_s)
-                kl = torch.linalg.vecdot(p, diff, dim=1).unsqueeze(1).sub_(gap)
+                kl = product.sum(dim=1, keepdim=True).sub_(gap)
                 parts.append(kl.sum())
                 if grad_t is not None:  # T·∂KL_b/∂t = p ⊙ ((t − s) − gap − T·KL_b)
                     diff.sub_(gap.add_(kl))
-                    torch.mul(p, diff, out=grad_t[rows])
+                    torch.mul(p, diff, out=product)
                 if grad_s is not None:
                     q.sub_(p)
         ctx.scales = (inv_t / batch, inv_t * inv_t / batch)  # grad_t holds T·(…): one more 1/T

@@ -192,8 +192,9 @@ class ClassPrior(nn.Module):
         for start in range(0, len(labels), rows):
             chunk = logits if len(labels) <= rows else logits[start : start + rows]
             index = labels if len(labels) <= rows else labels[start : start + rows]
-            chunk = chunk.to(dtype) if self.temperature == 1.0 else chunk.to(dtype) * (1.0 / self.temperature)
-            probs = F.softmax(chunk, dim=1)
+            if chunk.dtype != dtype:
+                chunk = chunk.to(dtype)
+            probs = F.softmax(chunk if self.temperature == 1.0 else chunk * (1.0 / self.temperature), dim=1)
             sums.index_add_(0, index, probs.to(device=sums.device, dtype=sums.dtype))
         # index_add_, not bincount: bincount's output size depends on the labels' values, which makes
         # the host wait for the device every step and cannot be captured in a CUDA graph
