@@ -28,7 +28,7 @@ def test_bench_loss_quick_writes_a_smoke_table(tmp_path):
 
 
 def _fake_loss_rows(*args, **kwargs) -> list[dict]:
-    row = dict(device="cpu", B=8, C=4, setting="kd", rounds=3, ms=1.0, x_kl=1.0, x_torch=1.0, peak=None)
+    row = dict(device="cpu", B=8, C=4, setting="kd", rounds=3, ms=1.0, x_kl=1.0, x_torch=1.0, x_best=1.0, peak=None)
     return [{**row, "call": "kl_div"}, {**row, "call": "IKL-KD as released (GI off)", "x_kl": 1.1}]
 
 

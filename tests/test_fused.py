@@ -359,3 +359,19 @@ def test_kl_grad_of_one_input_only():
             lambda s, t: kl_div(s, t, 2.0, chunk_size=2), lambda s, t: kl_div(s, t, 2.0), student, target, grad_into
         )
         assert_same(ours, ref)
+
+
+def test_non_contiguous_inputs(path):
+    """Column slices and transposes (not contiguous) give the same values and gradients."""
+    wide_s, wide_t = logits(13, 16, 25), logits(13, 16, 26)
+    weights = torch.softmax(logits(8, 13, 27), 1)
+    ours, ref = oracle_and_ours(
+        lambda s, t: ikl_loss(s.t()[:, :13], t.t()[:, :13], weights, wmse_weight=2.0, sce_weight=1.0, temperature=2.0),
+        lambda s, t: oracles.pairwise_ikl(
+            s.t()[:, :13], t.t()[:, :13], weights, wmse_weight=2.0, sce_weight=1.0, temperature=2.0
+        ),
+        wide_s[:, :8],
+        wide_t[:, :8],
+        ("student", "target"),
+    )
+    assert_same(ours, ref)

@@ -358,6 +358,10 @@ def ikl_terms(
     dtype = _compute_dtype(student, target)
     student_c = student if student.dtype == dtype else student.to(dtype)
     target_c = target if target.dtype == dtype else target.to(dtype)
+    if not student_c.is_contiguous():  # the node reads rows as flat blocks
+        student_c = student_c.contiguous()
+    if not target_c.is_contiguous():
+        target_c = target_c.contiguous()
     grad_on = torch.is_grad_enabled()
     need_student = grad_on and student_c.requires_grad
     need_target = grad_on and target_c.requires_grad

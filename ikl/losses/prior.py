@@ -19,7 +19,7 @@ _STATE = {
     "counts": (torch.float64, lambda c: (c,)),
 }
 # softmax(z/τ) of this many values at a time in ``update`` (its float64 temporary stays bounded)
-_UPDATE_ELEMENTS = 1 << 20
+_UPDATE_ELEMENTS = 1 << 18
 
 
 def prior_memory_bytes(num_classes: int) -> int:
