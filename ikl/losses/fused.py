@@ -103,7 +103,7 @@ class _Workspace:
 
 def _buffer(work: _Workspace, name: str, like: Tensor) -> Tensor:
     """The workspace buffer ``name`` for a chunk shaped as ``like`` (allocated at first use)."""
-    out = work.out(name, len(like))
+    out = work.out(name, like.shape[0])  # (shape[0], not len(): len of a tensor is slow)
     return out if out is not None else work.keep(name, torch.empty_like(like))
 
 
@@ -228,8 +228,8 @@ class FusedIKL(torch.autograd.Function):
                 p = None
                 if spec.sce:
                     p = _softmax(t, inv_t, _buffer(work, "p", t), work)
-                    if want_sce_grad:
-                        q_out = sce_grad[rows] if sce_grad is not None else torch.empty_like(t)
+                    if want_sce_grad:  # (None: the op allocates the saved gradient itself)
+                        q_out = sce_grad[rows] if sce_grad is not None else None
                     else:
                         q_out = _buffer(work, "q", t)
                     scaled_s = s if inv_t == 1.0 else torch.mul(s, inv_t, out=_buffer(work, "scratch", s))
@@ -252,10 +252,10 @@ class FusedIKL(torch.autograd.Function):
                     w, unit = _chunk_weights(spec, t, rows, whole, weights, table, labels, p, work)
                     centred = torch.sub(t, s, out=_buffer(work, "scratch", t))
                     if want_wmse_grad:
-                        grad = wmse_grad[rows] if wmse_grad is not None else torch.empty_like(t)
+                        grad = wmse_grad[rows] if wmse_grad is not None else None
                     else:
                         grad = _buffer(work, "grad", t)
-                    torch.mul(w, centred, out=grad)  # w ⊙ d, for the weighted mean
+                    grad = torch.mul(w, centred, out=grad)  # w ⊙ d, for the weighted mean
                     # c is centred on the weighted mean, so Σ w c = 0 up to rounding and
                     # ½(S Σ w c² − (Σ w c)²) = ½ S Σ w c² = ½ Σ_j c_j ∂/∂d_j with ∂/∂d = S w ⊙ c:
                     # no large sums cancel, whatever the logits' offsets (±1e4 stays exact)

@@ -210,6 +210,7 @@ class IKLLoss(nn.Module):
         """The weighted terms, optionally with other weights (the AT adversary's objective)."""
         wmse_weight = self.wmse_weight if wmse_weight is None else wmse_weight
         sce_weight = self.sce_weight if sce_weight is None else sce_weight
+        prior = self.prior
         spec = _spec(
             wmse_weight,
             sce_weight,
@@ -217,10 +218,10 @@ class IKLLoss(nn.Module):
             self.weight_power,
             self.normalize,
             self.break_asymmetry,
-            None if self.prior is not None else self.prior_temperature,
+            None if prior is not None else self.prior_temperature,
             wmse_weight != 0,
         )
-        table = self.prior.table() if self.prior is not None else None
+        table = prior.table() if prior is not None else None
         values = ikl_terms(
             student_logits,
             target_logits,

@@ -189,9 +189,10 @@ class ClassPrior(nn.Module):
             labels = labels.to(sums.device)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         rows = max(1, _UPDATE_ELEMENTS // self.num_classes)
-        for start in range(0, len(labels), rows):
-            chunk = logits if len(labels) <= rows else logits[start : start + rows]
-            index = labels if len(labels) <= rows else labels[start : start + rows]
+        batch = labels.shape[0]
+        for start in range(0, batch, rows):
+            chunk = logits if batch <= rows else logits[start : start + rows]
+            index = labels if batch <= rows else labels[start : start + rows]
             if chunk.dtype != dtype:
                 chunk = chunk.to(dtype)
             probs = F.softmax(chunk if self.temperature == 1.0 else chunk * (1.0 / self.temperature), dim=1)
@@ -222,5 +223,5 @@ class ClassPrior(nn.Module):
         """[B, C]: the prior row of each label (uniform rows before the prior is first built)."""
         table = self.table()
         if table is None:
-            return torch.full((len(labels), self.num_classes), 1.0 / self.num_classes, device=labels.device)
+            return torch.full((labels.shape[0], self.num_classes), 1.0 / self.num_classes, device=labels.device)
         return table[labels]
