@@ -1,17 +1,26 @@
 """Benchmark: per-step cost of IKL-KD versus classic KD (resnet32x4 → resnet8x4, batch 64).
 
-    python scripts/bench_step.py            # CPU (and CUDA when present) -> results/bench_step.md
-    python scripts/bench_step.py --quick    # a few steps (CI smoke)
+    python scripts/bench_step.py               # CPU (and CUDA when present) -> results/bench_step.md
+    python scripts/bench_step.py --print-only  # measure and print, write nothing
+    python scripts/bench_step.py --quick       # a few steps (CI smoke)
 
 One step = teacher forward (inference mode) + student forward + loss + backward + SGD step, and
-for IKL the class-prior update, exactly as ``DistillationTask`` runs it. The two losses are timed
-interleaved step by step on the same models and inputs, so a noisy machine slows both alike; the
-table reports medians and the IKL/KD ratio measured in one run.
+the class-prior update, exactly as ``DistillationTask`` runs it, for three criteria on the same
+models and batch: KD (mdistiller: 0.1·CE + 0.9·T²·KL, T = 4), IKL-KD as released
+(``configs/loss/ikl.yaml``: GI off, τ = 100) and IKL-KD with GI on (``configs/loss/ikl_gi.yaml``:
+τ = 4, the prior rebuilt after a warm-up epoch). The steps run round by round in a shuffled
+order; each IKL step's time is divided by the KD step's time of the same round, and the table
+gives the median of those ratios (and of the times).
+
+The table is written only when the 1-minute load average before the run, and after it less this
+benchmark's threads, does not exceed the number of cores (else it is printed, exit status 3);
+``--quick`` always writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -25,19 +34,20 @@ sys.path.insert(0, str(ROOT))
 from ikl.losses import IKLLoss, KDLoss  # noqa: E402
 from ikl.models import create_model  # noqa: E402
 from ikl.tasks import DistillationTask  # noqa: E402
-from scripts.bench_loss import machine_name, sync  # noqa: E402
+from scripts.bench_loss import cores, load_average, machine_name, sync  # noqa: E402
+
+NAMES = {"kd": "KD", "ikl": "IKL-KD as released (GI off)", "ikl_gi": "IKL-KD GI on"}
 
 
 def make_tasks(device: str, num_classes: int = 100) -> dict[str, DistillationTask]:
     torch.manual_seed(0)
     teacher = create_model("resnet32x4", num_classes).to(device)
     student = create_model("resnet8x4", num_classes).to(device)
+    ikl = dict(num_classes=num_classes, wmse_weight=8.0, sce_weight=1.0, temperature=4.0)
     criteria = {
         "kd": (KDLoss(kd_weight=0.9, temperature=4.0), 0.1),
-        "ikl": (
-            IKLLoss(num_classes=num_classes, wmse_weight=8.0, sce_weight=1.0, temperature=4.0, prior_temperature=4.0),
-            1.0,
-        ),
+        "ikl": (IKLLoss(**ikl, prior_temperature=100.0, class_wise=False), 1.0),
+        "ikl_gi": (IKLLoss(**ikl, prior_temperature=4.0, class_wise=True), 1.0),
     }
     return {
         name: DistillationTask(student, teacher, criterion, ce_weight=ce_weight).to(device)
@@ -51,7 +61,7 @@ def step(task: DistillationTask, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
-def bench(device: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
+def bench(device: str, batch: int, steps: int, warmup: int) -> dict[str, list[float]]:
     tasks = make_tasks(device)
     student = tasks["kd"].model
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9)
@@ -60,34 +70,41 @@ def bench(device: str, batch: int, steps: int, warmup: int) -> dict[str, float]:
     y = torch.randint(0, 100, (batch,), generator=gen).to(device)
     for task in tasks.values():
         task.train()
+    order = list(tasks)
+    for _ in range(warmup):
+        for name in order:
+            step(tasks[name], optimizer, x, y)
+    tasks["ikl_gi"].on_epoch_end(1)  # the GI prior is built: later steps gather its rows
     samples: dict[str, list[float]] = {name: [] for name in tasks}
-    for index in range(warmup + steps):
-        for name, task in tasks.items():
+    shuffle = random.Random(0)
+    for _ in range(steps):
+        shuffle.shuffle(order)
+        for name in order:
             sync(device)
             start = time.perf_counter()
-            step(task, optimizer, x, y)
+            step(tasks[name], optimizer, x, y)
             sync(device)
-            if index >= warmup:
-                samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].append(time.perf_counter() - start)
+    return samples
 
 
-def to_markdown(rows: list[dict], repeats: int) -> str:
-    lines = [
-        "# Per-step cost: IKL-KD vs KD (resnet32x4 → resnet8x4)",
+def to_markdown(rows: list[dict], header: dict[str, str], quick: bool) -> str:
+    lines = ["# Per-step cost: IKL-KD vs KD (resnet32x4 → resnet8x4)", ""]
+    if quick:
+        lines += ["**Smoke run (`--quick`): a few steps. Not a measurement.**", ""]
+    lines += [
+        "Generated by `python scripts/bench_step.py` (its docstring says what one step is). × KD: median over "
+        "the rounds of the step's time divided by the KD step's time in the same round.",
         "",
-        "Generated by `python scripts/bench_step.py`. One step = teacher forward (inference mode), student "
-        "forward, loss, backward, SGD step (plus the class-prior update for IKL, GI on). The two losses are "
-        f"timed interleaved on the same models and batch; medians of {repeats} steps after warm-up.",
+        *[f"- {key}: {value}" for key, value in header.items()],
         "",
-        "| device | machine | batch | KD step (ms) | IKL-KD step (ms) | IKL / KD | overhead |",
-        "|---|---|---|---|---|---|---|",
+        "| device | machine | batch | criterion | steps | step (ms) | × KD | overhead |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = r["ikl"] / r["kd"]
         lines.append(
-            f"| {r['device']} | {r['machine']} | {r['batch']} | {r['kd'] * 1e3:.1f} | {r['ikl'] * 1e3:.1f} "
-            f"| {ratio:.3f} | {100 * (ratio - 1):+.1f} % |"
+            f"| {r['device']} | {r['machine']} | {r['batch']} | {NAMES[r['name']]} | {r['steps']} | {r['ms']:.1f} "
+            f"| {r['ratio']:.3f} | {100 * (r['ratio'] - 1):+.1f} % |"
         )
     return "\n".join(lines) + "\n"
 
@@ -95,20 +112,52 @@ def to_markdown(rows: list[dict], repeats: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=31)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--print-only", action="store_true", help="print the table, write nothing")
     parser.add_argument("--out", default=str(ROOT / "results" / "bench_step.md"))
     args = parser.parse_args()
-    steps, warmup, batch = (3, 1, 8) if args.quick else (args.steps, 3, args.batch)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps, warmup, batch = (3, 1, 8) if args.quick else (max(args.steps, 25), 3, args.batch)
+    threads, n_cores = torch.get_num_threads(), cores()
+    load_before, started = load_average(), time.time()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        times = bench(device, batch, steps, warmup)
-        rows.append({"device": device, "machine": machine_name(device), "batch": batch, **times})
-    table = to_markdown(rows, steps)
+        samples = bench(device, batch, steps, warmup)
+        for name, times in samples.items():
+            ratio = statistics.median(a / b for a, b in zip(times, samples["kd"], strict=True))
+            rows.append(
+                {
+                    "device": device,
+                    "machine": machine_name(device),
+                    "batch": batch,
+                    "name": name,
+                    "steps": len(times),
+                    "ms": statistics.median(times) * 1e3,
+                    "ratio": ratio,
+                }
+            )
+    load_after = load_average()
+    header = {
+        "torch": f"{torch.__version__}; threads {threads} of {n_cores} cores",
+        "load average (1 min)": f"{load_before:.2f} before, {load_after:.2f} after (this run's own threads "
+        f"count {threads} of it); {time.time() - started:.0f} s",
+    }
+    table = to_markdown(rows, header, args.quick)
+    sys.stdout.write(table)
+    if args.print_only:
+        return
+    if (load_before > n_cores or load_after - threads > n_cores) and not args.quick:
+        sys.stderr.write(
+            f"bench_step: not written: the machine is loaded (load {load_before:.2f} before, {load_after:.2f} "
+            f"after, {n_cores} cores); rerun when it is quiet, or use --print-only\n"
+        )
+        sys.exit(3)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(table)
-    sys.stdout.write(table)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ikl.losses import ClassPrior
+from ikl.errors import ConfigError
+from ikl.losses import ClassPrior, IKLLoss
+from ikl.losses.prior import prior_memory_bytes
 
 
 def test_uniform_before_first_step_and_hand_computed_after():
@@ -100,3 +102,93 @@ def test_two_process_gloo_prior_equals_single_process_union(tmp_path, free_port)
     for rank in range(2):
         torch.testing.assert_close(torch.load(tmp_path / f"prior.{rank}", weights_only=True), single.prior)
     assert torch.allclose(single.prior[5], torch.full((6,), 1 / 6)), "class 5 is never seen and keeps uniform"
+
+
+# ---------------------------------------------------------------- memory: lazy, refused, absent
+
+
+def test_gi_off_has_no_prior_at_all():
+    """class_wise=False: no ClassPrior, no buffer, nothing in state_dict; observe/end_epoch do nothing.
+    C = 10⁵ would need 120 GB of prior state; GI off it costs nothing."""
+    loss = IKLLoss(num_classes=100_000, class_wise=False, wmse_weight=8.0, temperature=4.0, prior_temperature=100.0)
+    assert loss.prior is None and list(loss.buffers()) == [] and loss.state_dict() == {}
+    student = torch.randn(3, 100_000, requires_grad=True)
+    teacher, labels = torch.randn(3, 100_000), torch.tensor([0, 5, 99_999])
+    sum(loss(student, teacher, labels).values()).backward()
+    loss.observe(teacher, labels)
+    loss.end_epoch()
+    assert list(loss.buffers()) == [] and loss.state_dict() == {}
+
+
+def test_distillation_task_with_gi_off_allocates_no_prior():
+    from torch import nn
+
+    from ikl.tasks import DistillationTask
+
+    loss = IKLLoss(num_classes=7, class_wise=False)
+    task = DistillationTask(nn.Linear(4, 7), nn.Linear(4, 7), loss).train()
+    task(torch.randn(5, 4), torch.arange(5), epoch=1)["loss"].backward()
+    task.on_epoch_end(1)
+    assert "criterion" in task.checkpoint_state() and task.checkpoint_state()["criterion"] == {}
+    assert not any(t.shape == (7, 7) for t in task.state_dict().values())
+
+
+def test_state_is_allocated_lazily():
+    prior = ClassPrior(5, temperature=2.0)
+    assert prior.table() is None and prior.state_dict() == {}
+    torch.testing.assert_close(prior.weights(torch.tensor([1, 4])), torch.full((2, 5), 0.2))
+    prior.step()  # nothing seen: nothing allocated, the prior stays uniform
+    assert prior.state_dict() == {}
+    prior.update(torch.randn(4, 5), torch.tensor([0, 1, 1, 3]))
+    assert set(prior.state_dict()) == {"sums", "counts"} and prior.table() is None
+    assert prior.sums.dtype == torch.float64 and prior.sums.shape == (5, 5)
+    prior.step()
+    assert set(prior.state_dict()) == {"prior", "sums", "counts"}
+    assert prior.table().dtype == torch.float32 and prior.table().shape == (5, 5)
+    torch.testing.assert_close(prior.prior[2], torch.full((5,), 0.2))  # unseen class: uniform row
+
+
+def test_checkpoints_of_the_previous_version_still_load():
+    """Earlier versions always held prior (float32), sums and counts (float64), GI on or off."""
+    old = {
+        "prior.prior": torch.softmax(torch.randn(4, 4), 1),
+        "prior.sums": torch.rand(4, 4, dtype=torch.float64),
+        "prior.counts": torch.tensor([1.0, 0.0, 2.0, 0.0], dtype=torch.float64),
+    }
+    gi = IKLLoss(num_classes=4, class_wise=True)
+    gi.load_state_dict(old)
+    for key, value in old.items():
+        torch.testing.assert_close(gi.state_dict()[key], value)
+    gi_off = IKLLoss(num_classes=4, class_wise=False)
+    gi_off.load_state_dict(old)  # the unused prior of GI off is dropped
+    assert gi_off.state_dict() == {}
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        gi.load_state_dict({**old, "prior.other": torch.zeros(1)})
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        IKLLoss(num_classes=5, class_wise=True).load_state_dict(old)
+
+
+def test_loading_a_state_without_the_prior_resets_it_to_uniform():
+    fed = ClassPrior(3)
+    fed.update(torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2]))
+    fed.step()
+    fresh_state = ClassPrior(3).state_dict()
+    fed.load_state_dict(fresh_state)
+    assert fed.table() is None and fed.state_dict() == {}
+
+
+def test_gi_too_large_for_any_device_is_refused_at_construction():
+    with pytest.raises(ConfigError, match="class_wise=false") as error:
+        IKLLoss(num_classes=10_000_000, class_wise=True)
+    assert "\n" not in str(error.value)
+
+
+def test_gi_allocation_beyond_free_memory_is_refused(monkeypatch):
+    from ikl.losses import prior as prior_module
+
+    monkeypatch.setattr(prior_module, "_available_memory", lambda device: 10 * 2**20)
+    prior = ClassPrior(4096)  # 134 MiB of float64 sums, 10 MiB free
+    with pytest.raises(ConfigError, match="sums") as error:
+        prior.update(torch.randn(2, 4096), torch.tensor([0, 1]))
+    assert "\n" not in str(error.value) and prior.state_dict() == {}
+    assert prior_memory_bytes(4096) == 12 * 4096**2 + 8 * 4096

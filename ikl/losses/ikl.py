@@ -18,43 +18,22 @@ Name mapping (the paper and the official code swap α and β, PAPER.md §0.1):
     break_asymmetry    BA (Eq. 7)            implicit: AT never detaches, KD's teacher is frozen
     weight_power       —                     ``gamma`` (DKLv2 / GKL only)
     normalize          —                     DKLv2 reduction ``.sum()/p_n.sum()``
+
+Every loss here is one fused autograd node (``ikl.losses.fused``): both terms and their
+closed-form gradients in one pass over [chunk, C] blocks of rows, never a B×C×C tensor, peak memory
+below that of the plain ``kl_div`` formula. ``chunk_size`` (rows) bounds the temporaries; the
+default keeps a chunk near 2^18 values on a CPU.
 """
 
 from __future__ import annotations
 
-import torch
+import functools
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ikl.losses.kl import compute_dtype, soft_cross_entropy
+from ikl.losses.fused import IKLSpec, ikl_terms
 from ikl.losses.prior import ClassPrior
-
-
-class _PairwiseSquaredSpread(torch.autograd.Function):
-    """Per-sample ½(S·Σ w c² − (Σ w c)²) = ¼ Σ_jk w_j w_k (d_j − d_k)², c = d − detached weighted mean.
-
-    A hand-written backward, ∂/∂d_j = w_j (S·c_j − Σ_k w_k c_k), keeps the saved state to two
-    [B, C] tensors and the work to a handful of elementwise passes (PAPER.md §6.1).
-    """
-
-    @staticmethod
-    def forward(ctx, diff: Tensor, w: Tensor) -> Tensor:  # type: ignore[override]
-        total_weight = w.sum(dim=1, keepdim=True)
-        weighted = w * diff
-        shift = weighted.sum(dim=1, keepdim=True) / total_weight.clamp_min(torch.finfo(diff.dtype).tiny)
-        centred = diff - shift
-        torch.mul(w, centred, out=weighted)
-        first_moment = weighted.sum(dim=1, keepdim=True)
-        second_moment = (weighted * centred).sum(dim=1, keepdim=True)
-        ctx.save_for_backward(centred, w, total_weight, first_moment)
-        return (0.5 * (total_weight * second_moment - first_moment.square())).squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        centred, w, total_weight, first_moment = ctx.saved_tensors
-        grad = torch.addcmul(-first_moment, centred, total_weight)
-        grad.mul_(w).mul_(grad_output.unsqueeze(1))
-        return grad, None
 
 
 def weighted_pairwise_mse(
@@ -65,30 +44,33 @@ def weighted_pairwise_mse(
     weight_power: float = 1.0,
     normalize: bool = False,
     break_asymmetry: bool = True,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """¼ Σ_{j,k} w_j w_k (d_j − d_k)² with d = target − student, in O(B·C) (paper Alg. 2).
 
     Closed form: Σ_jk w_j w_k (d_j − d_k)² = 2 (S·Σ_j w_j d_j² − (Σ_j w_j d_j)²), S = Σ_j w_j.
     d is shifted by its detached weighted mean first; the identity holds for any shift, and the
-    shift keeps the two sums from cancelling catastrophically for logits of ±1e4.
+    shift keeps the two sums from cancelling catastrophically for logits of ±1e4. Computed by the
+    fused node of ``ikl.losses.fused`` (gradients in closed form, never a B×C×C tensor).
 
     Args:
         student_logits, target_logits: [B, C]. ``weights``: [B, C], detached here (sg(w)).
         weight_power: w ← w^γ before use (GKL's ``gamma``; no renormalisation, as DKLv2).
         normalize: divide by Σ_b Σ_jk w_j w_k (DKLv2) instead of B (DKLv1).
         break_asymmetry: if False the student's differences are detached (DKL, Theorem 1).
+        chunk_size: rows per chunk of the computation (None: about 2^18 values a chunk on a CPU);
+            temporaries are [chunk, C], the result does not depend on it.
     """
-    dtype = compute_dtype(student_logits)
-    student = student_logits.to(dtype)
-    if not break_asymmetry:
-        student = student.detach()
-    diff = target_logits.to(dtype) - student
-    w = weights.detach().to(dtype)
-    if weight_power != 1.0:
-        w = w.pow(weight_power)
-    per_sample = _PairwiseSquaredSpread.apply(diff, w)
-    denominator = w.sum(dim=1).square().sum() if normalize else len(diff)
-    return per_sample.sum() / denominator
+    spec = IKLSpec(
+        wmse_weight=1.0,
+        sce_weight=0.0,
+        weight_power=weight_power,
+        normalize=normalize,
+        break_asymmetry=break_asymmetry,
+        sce=False,
+    )
+    (wmse,) = ikl_terms(student_logits, target_logits, spec, weights=weights, chunk_size=chunk_size)
+    return wmse
 
 
 def ikl_loss(
@@ -102,53 +84,79 @@ def ikl_loss(
     weight_power: float = 1.0,
     normalize: bool = False,
     break_asymmetry: bool = True,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """IKL (paper Eq. 10): ``wmse_weight · wMSE + sce_weight · sCE``; see the module docstring.
 
     ``weights`` [B, C] are the per-sample weight vectors: class-prior rows gathered by label (GI)
     or any sample-wise vector such as sg(softmax(z^m/τ)). The caller decides what is detached
     beyond the stop-gradients of the formula (a teacher is frozen; in AT both sides learn).
+
+    Both terms come from one fused autograd node (``ikl.losses.fused``): one softmax of each input
+    serves the sCE's value and gradient, the gradients are written in closed form, and the
+    temporaries are [chunk, C] (``chunk_size`` rows, None: about 2^18 values a chunk on a CPU).
     """
-    wmse = weighted_pairwise_mse(
-        student_logits,
-        target_logits,
-        weights,
+    spec = IKLSpec(
+        wmse_weight=wmse_weight,
+        sce_weight=sce_weight,
+        temperature=temperature,
         weight_power=weight_power,
         normalize=normalize,
         break_asymmetry=break_asymmetry,
     )
-    return wmse_weight * wmse + sce_weight * soft_cross_entropy(student_logits, target_logits, temperature)
+    wmse, sce = ikl_terms(student_logits, target_logits, spec, weights=weights, chunk_size=chunk_size)
+    return wmse + sce
 
 
-def dkl_terms(student_logits: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Unweighted (wMSE, sCE) of DKL, paper Theorem 1 (Eq. 5): weights sg(s^m s^mᵀ), sg on Δ^n."""
-    weights = F.softmax(target_logits.detach().to(compute_dtype(target_logits)), dim=1)
-    wmse = weighted_pairwise_mse(student_logits, target_logits, weights, break_asymmetry=False)
-    return wmse, soft_cross_entropy(student_logits, target_logits)
+def dkl_terms(student_logits: Tensor, target_logits: Tensor, *, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Unweighted (wMSE, sCE) of DKL, paper Theorem 1 (Eq. 5): weights sg(s^m s^mᵀ), sg on Δ^n.
+
+    One fused node; the target's softmax serves as the sCE's soft labels and the wMSE's weights.
+    """
+    spec = IKLSpec(wmse_weight=1.0, sce_weight=1.0, break_asymmetry=False, weight_temperature=1.0)
+    wmse, sce = ikl_terms(student_logits, target_logits, spec, chunk_size=chunk_size)
+    return wmse, sce
 
 
 def dkl_loss(
-    student_logits: Tensor, target_logits: Tensor, *, wmse_weight: float = 1.0, sce_weight: float = 1.0
+    student_logits: Tensor,
+    target_logits: Tensor,
+    *,
+    wmse_weight: float = 1.0,
+    sce_weight: float = 1.0,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """DKL, paper Theorem 1 (Eq. 5): ``wmse_weight · wMSE + sce_weight · sCE``.
 
     With both weights 1 its gradients equal those of ``kl_div(student, target)`` with respect to
     both inputs: the wMSE drives the target, the soft-label CE drives the student.
     """
-    wmse, sce = dkl_terms(student_logits, target_logits)
-    return wmse_weight * wmse + sce_weight * sce
+    spec = IKLSpec(wmse_weight=wmse_weight, sce_weight=sce_weight, break_asymmetry=False, weight_temperature=1.0)
+    wmse, sce = ikl_terms(student_logits, target_logits, spec, chunk_size=chunk_size)
+    return wmse + sce
+
+
+_spec = functools.lru_cache(maxsize=256)(IKLSpec)  # one frozen spec per configuration, built once
 
 
 class IKLLoss(nn.Module):
     """Configurable DKL/IKL/GKL loss with its class-wise prior (paper Eqs. 5, 7, 9, 10).
 
-    ``forward(student, target, labels)`` returns the weighted terms ``{"loss_wmse", "loss_sce"}``.
-    Weights are the class prior rows of the labels (``class_wise=True``, GI) or the sample-wise
-    sg(softmax(target/prior_temperature)). Feed the prior with ``observe`` during an epoch and
-    call ``end_epoch`` at its end (PAPER.md §0.6); the prior lives in this module's state_dict.
+    ``forward(student, target, labels)`` returns the weighted terms ``{"loss_sce", "loss_wmse"}``
+    (``loss_wmse`` only when its weight is not 0), both from one fused autograd node. Weights are
+    the class prior rows of the labels (``class_wise=True``, GI) or the sample-wise
+    sg(softmax(target/prior_temperature)), computed chunk by chunk inside the node. Feed the prior
+    with ``observe`` during an epoch and call ``end_epoch`` at its end (PAPER.md §0.6); the prior
+    lives in this module's state_dict.
+
+    With ``class_wise=False`` there is no prior at all (``self.prior`` is None): ``observe`` and
+    ``end_epoch`` do nothing and no C×C memory exists. With GI on, the prior is a C×C table
+    (12·C² bytes once built, allocated lazily; see ``ClassPrior``): inherent to GI, and refused
+    with one ``ConfigError`` line when it cannot fit.
 
     The official DKLv1 KD configs use ``class_wise=False, prior_temperature=100`` ("as released");
     the paper describes GI on. See the module docstring for the α/β name mapping.
+    ``chunk_size`` (rows) bounds the temporaries of one call to [chunk, C] (None: automatic).
     """
 
     def __init__(
@@ -164,8 +172,12 @@ class IKLLoss(nn.Module):
         weight_power: float = 1.0,
         normalize: bool = False,
         prior_momentum: float = 1.0,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        if prior_temperature <= 0:
+            raise ValueError(f"prior temperature must be > 0, got {prior_temperature}")
+        self.num_classes = num_classes
         self.wmse_weight = wmse_weight
         self.sce_weight = sce_weight
         self.temperature = temperature
@@ -174,11 +186,15 @@ class IKLLoss(nn.Module):
         self.break_asymmetry = break_asymmetry
         self.weight_power = weight_power
         self.normalize = normalize
-        self.prior = ClassPrior(num_classes, temperature=prior_temperature, momentum=prior_momentum)
+        self.chunk_size = chunk_size
+        self.prior: ClassPrior | None = (
+            ClassPrior(num_classes, temperature=prior_temperature, momentum=prior_momentum) if class_wise else None
+        )
 
     def sample_weights(self, target_logits: Tensor, labels: Tensor) -> Tensor:
-        """[B, C] weight vectors: prior rows (GI) or sg(softmax(target/τ))."""
-        if self.class_wise:
+        """[B, C] weight vectors: prior rows (GI) or sg(softmax(target/τ)). ``terms`` does not
+        build this tensor; it computes the same weights chunk by chunk."""
+        if self.prior is not None:
             return self.prior.weights(labels)
         return F.softmax(target_logits.detach().float() / self.prior_temperature, dim=1)
 
@@ -194,38 +210,66 @@ class IKLLoss(nn.Module):
         """The weighted terms, optionally with other weights (the AT adversary's objective)."""
         wmse_weight = self.wmse_weight if wmse_weight is None else wmse_weight
         sce_weight = self.sce_weight if sce_weight is None else sce_weight
-        terms = {"loss_sce": sce_weight * soft_cross_entropy(student_logits, target_logits, self.temperature)}
-        if wmse_weight != 0:
-            wmse = weighted_pairwise_mse(
-                student_logits,
-                target_logits,
-                self.sample_weights(target_logits, labels),
-                weight_power=self.weight_power,
-                normalize=self.normalize,
-                break_asymmetry=self.break_asymmetry,
-            )
-            terms["loss_wmse"] = wmse_weight * wmse
-        return terms
+        prior = self.prior
+        spec = _spec(
+            wmse_weight,
+            sce_weight,
+            self.temperature,
+            self.weight_power,
+            self.normalize,
+            self.break_asymmetry,
+            None if prior is not None else self.prior_temperature,
+            wmse_weight != 0,
+        )
+        table = prior.table() if prior is not None else None
+        values = ikl_terms(
+            student_logits,
+            target_logits,
+            spec,
+            table=table,
+            labels=labels if table is not None else None,
+            chunk_size=self.chunk_size,
+        )
+        if spec.wmse:
+            wmse, sce = values
+            return {"loss_sce": sce, "loss_wmse": wmse}
+        return {"loss_sce": values[0]}
 
     def forward(self, student_logits: Tensor, target_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         return self.terms(student_logits, target_logits, labels)
 
     def observe(self, target_logits: Tensor, labels: Tensor) -> None:
-        """Accumulate softmax(target/τ) per class for the next epoch's prior."""
-        self.prior.update(target_logits, labels)
+        """Accumulate softmax(target/τ) per class for the next epoch's prior (nothing with GI off)."""
+        if self.prior is not None:
+            self.prior.update(target_logits, labels)
 
     def end_epoch(self) -> None:
-        self.prior.step()
+        if self.prior is not None:
+            self.prior.step()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        if self.prior is None:  # checkpoints of earlier versions kept an unused prior with GI off
+            for key in [k for k in state_dict if k.startswith(prefix + "prior.")]:
+                del state_dict[key]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class DKLLoss(nn.Module):
     """DKL as in Theorem 1 (``dkl_loss``), the "(b) DKL" row of paper Table 1."""
 
-    def __init__(self, *, wmse_weight: float = 1.0, sce_weight: float = 1.0) -> None:
+    def __init__(self, *, wmse_weight: float = 1.0, sce_weight: float = 1.0, chunk_size: int | None = None) -> None:
         super().__init__()
         self.wmse_weight = wmse_weight
         self.sce_weight = sce_weight
+        self.chunk_size = chunk_size
 
     def forward(self, student_logits: Tensor, target_logits: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        wmse, sce = dkl_terms(student_logits, target_logits)
-        return {"loss_wmse": self.wmse_weight * wmse, "loss_sce": self.sce_weight * sce}
+        spec = IKLSpec(
+            wmse_weight=self.wmse_weight, sce_weight=self.sce_weight, break_asymmetry=False, weight_temperature=1.0
+        )
+        wmse, sce = ikl_terms(student_logits, target_logits, spec, chunk_size=self.chunk_size)
+        return {"loss_wmse": wmse, "loss_sce": sce}

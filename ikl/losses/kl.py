@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ikl.losses.fused import IKLSpec, ikl_terms, kl_div_fused
+
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
     """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
@@ -21,26 +23,38 @@ def _log_probs(logits: Tensor, temperature: float) -> Tensor:
     return F.log_softmax(logits.to(compute_dtype(logits)) / temperature, dim=1)
 
 
-def kl_div(student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def kl_div(
+    student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0, *, chunk_size: int | None = None
+) -> Tensor:
     """KL(softmax(target/T) ‖ softmax(student/T)), mean over the batch.
 
     Gradient flows into both inputs (detach the target yourself for a frozen teacher).
     Uses log-probabilities only, so logits of ±1e4 stay finite.
+
+    ``chunk_size=None`` is the plain autograd formula (the reference the IKL benchmarks compare
+    against); a number of rows selects the fused node of ``ikl.losses.fused`` instead: same value
+    and gradients, [chunk, C] temporaries, for vocabulary-sized C.
     """
+    if chunk_size is not None:
+        return kl_div_fused(student_logits, target_logits, temperature, chunk_size)
     log_p_target = _log_probs(target_logits, temperature)
     log_p_student = _log_probs(student_logits, temperature)
     pointwise = log_p_target.exp() * (log_p_target - log_p_student)
     return pointwise.sum(dim=1).mean()
 
 
-def soft_cross_entropy(student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def soft_cross_entropy(
+    student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0, *, chunk_size: int | None = None
+) -> Tensor:
     """−Σ_j sg(softmax(target/T))_j · log softmax(student/T)_j, mean over the batch.
 
     The soft-label cross-entropy term of DKL/IKL (paper Eq. 5, second term). The target side is
-    always detached. No T² factor, as in the official code (PAPER.md §0.7).
+    always detached. No T² factor, as in the official code (PAPER.md §0.7). One fused node
+    (``ikl.losses.fused``), temporaries of ``chunk_size`` rows (None: automatic).
     """
-    p_target = _log_probs(target_logits.detach(), temperature).exp()
-    return -(p_target * _log_probs(student_logits, temperature)).sum(dim=1).mean()
+    spec = IKLSpec(wmse_weight=0.0, sce_weight=1.0, temperature=temperature, wmse=False)
+    (sce,) = ikl_terms(student_logits, target_logits.detach(), spec, chunk_size=chunk_size)
+    return sce
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
