@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections import Counter
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
@@ -211,6 +214,38 @@ def test_missing_cifar_download_fails(tmp_path, no_download, name: str, folder: 
     assert "\n" not in msg
     assert str(tmp_path / folder) in msg and "download failed" in msg and "dataset.builder.root=" in msg
     assert "name resolution" in msg and len(no_download) == 1
+
+
+def test_concurrent_cifar_downloads_fetch_once(tmp_path, monkeypatch) -> None:
+    """Two loaders that find no files at once (DDP ranks of one node, two runs): one downloads
+    under the root's lock, the other waits for it and reads the files; nobody reads a half-written
+    folder or extracts over the other's files."""
+    calls: list[str] = []
+    started = threading.Event()
+
+    def slow_download(url: str, root: str, **kwargs: object) -> None:
+        calls.append(url)
+        started.set()
+        time.sleep(0.5)  # a second caller that does not wait would find no files and fetch again
+        write_fake_cifar100(Path(root), train=10, test=10)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", slow_download)
+    results: list[object] = []
+
+    def load() -> None:
+        try:
+            results.append(len(cifar_datasets(name="cifar100", root=str(tmp_path)).train))
+        except Exception as err:  # (reported below)
+            results.append(err)
+
+    first = threading.Thread(target=load)
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=load)
+    second.start()
+    first.join(20)
+    second.join(20)
+    assert results == [10, 10] and len(calls) == 1
 
 
 def test_missing_cifar_without_download(tmp_path, no_download) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -107,6 +108,20 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
+def _lock_downloads(root: str, name: str, label: str, fix: str) -> int:
+    """Take ``<root>/.<name>.download.lock`` (flock, blocking) and return its descriptor; closing
+    it releases the lock. One process downloads and extracts, the others (DDP ranks of this node,
+    a second run started at the same time) wait and then find the files; the kernel drops the
+    lock of a holder that died, even by SIGKILL."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        fd = os.open(os.path.join(root, f".{name}.download.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise DataError(f"cannot download {label} into {root} ({_one_line(err)}); {fix}") from err
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 def _ensure_cifar(cls: type[CIFAR10], label: str, root: str, download: bool) -> None:
     """Download ``cls``'s archive into ``root`` if its files are absent; DataError on failure."""
     if cifar_files_present(cls, root):
@@ -115,6 +130,15 @@ def _ensure_cifar(cls: type[CIFAR10], label: str, root: str, download: bool) -> 
     fix = f"download it on a machine with network access or set dataset.builder.root=<dir holding {cls.base_folder}>"
     if not download:
         raise DataError(f"{label} not found under {folder} and download=False; {fix}")
+    fd = _lock_downloads(root, cls.base_folder, label, fix)
+    try:
+        if not cifar_files_present(cls, root):  # (another process may have fetched it meanwhile)
+            _download_cifar(cls, label, root, folder, fix)
+    finally:
+        os.close(fd)
+
+
+def _download_cifar(cls: type[CIFAR10], label: str, root: str, folder: str, fix: str) -> None:
     log.info("%s not found under %s; downloading %s", label, folder, cls.url)
     try:
         tv_utils.download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
