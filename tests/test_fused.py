@@ -375,3 +375,20 @@ def test_non_contiguous_inputs(path):
         ("student", "target"),
     )
     assert_same(ours, ref)
+
+
+def test_cached_scale_factors_survive_inference_mode_and_match_python_floats():
+    """The CPU path multiplies by cached 0-dim factors: one made under inference_mode must still
+    serve a later call with autograd, and the products equal those with the Python float."""
+    fused._SCALARS.clear()
+    s = torch.randn(6, 7, requires_grad=True)
+    t = torch.randn(6, 7)
+    weights = torch.softmax(t, dim=1)
+    with torch.inference_mode():
+        frozen = ikl_loss(s.detach(), t, weights, wmse_weight=3.0, sce_weight=2.0, temperature=1.7)
+    assert fused._SCALARS and not any(f.is_inference() for f in fused._SCALARS.values())
+    value = ikl_loss(s, t, weights, wmse_weight=3.0, sce_weight=2.0, temperature=1.7)
+    value.backward()
+    assert torch.equal(frozen, value.detach()) and torch.isfinite(s.grad).all()
+    x = torch.randn(5, 3)
+    assert torch.equal(fused._scaled(x, 1 / 3), x * (1 / 3))

@@ -107,10 +107,30 @@ def _buffer(work: _Workspace, name: str, like: Tensor) -> Tensor:
     return out if out is not None else work.keep(name, torch.empty_like(like))
 
 
+_SCALARS: dict[tuple[float, torch.dtype], Tensor] = {}
+_MAX_SCALARS = 4096
+
+
+def _scaled(x: Tensor, value: float | Tensor, out: Tensor | None = None) -> Tensor:
+    """x·value (into ``out`` if given). On a CPU the factor is a cached 0-dim tensor of x's dtype:
+    the same product bit for bit (a Python float is cast to that dtype too), but without the
+    per-call wrapping and cast of the scalar, which costs as much as the product at small sizes."""
+    if x.device.type == "cpu" and not isinstance(value, Tensor):
+        key = (value, x.dtype)
+        factor = _SCALARS.get(key)
+        if factor is None:
+            if len(_SCALARS) >= _MAX_SCALARS:  # (factors depend on B: bounded for varying batches)
+                _SCALARS.clear()
+            with torch.inference_mode(False):
+                factor = _SCALARS.setdefault(key, torch.tensor(value, dtype=x.dtype))
+        return torch.mul(x, factor) if out is None else torch.mul(x, factor, out=out)
+    return torch.mul(x, value) if out is None else torch.mul(x, value, out=out)
+
+
 def _softmax(x: Tensor, inv_t: float, out: Tensor, work: _Workspace) -> Tensor:
     """softmax(x·inv_t) into ``out`` (the scaled input goes to the scratch buffer)."""
     if inv_t != 1.0:
-        x = torch.mul(x, inv_t, out=_buffer(work, "scratch", x))
+        x = _scaled(x, inv_t, _buffer(work, "scratch", x))
     return torch.softmax(x, dim=1, out=out)
 
 
@@ -232,7 +252,7 @@ class FusedIKL(torch.autograd.Function):
                         q_out = sce_grad[rows] if sce_grad is not None else None
                     else:
                         q_out = _buffer(work, "q", t)
-                    scaled_s = s if inv_t == 1.0 else torch.mul(s, inv_t, out=_buffer(work, "scratch", s))
+                    scaled_s = s if inv_t == 1.0 else _scaled(s, inv_t, _buffer(work, "scratch", s))
                     if small:  # Σ_bj p · log_softmax(s/T), scaled by −β/B below
                         log_q = torch.log_softmax(scaled_s, dim=1, out=q_out)
                         sce_parts.append(_dot(p, log_q))
@@ -281,10 +301,12 @@ class FusedIKL(torch.autograd.Function):
         if spec.wmse:
             # normalize: D = Σ_b S_b² (= B when the rows sum to 1 by construction)
             wmse_scale = spec.wmse_weight / (_total(weight_parts) if weight_parts else batch)
-            outputs.append(_total(wmse_parts) * (0.5 * wmse_scale))
+            value = _total(wmse_parts)  # (a fresh 0-dim tensor: scaled in place)
+            outputs.append(_scaled(value, 0.5 * wmse_scale, value))
         if spec.sce:
             factor = -spec.sce_weight / batch if small else spec.sce_weight * inv_t / batch
-            outputs.append(_total(sce_parts) * factor)
+            value = _total(sce_parts)
+            outputs.append(_scaled(value, factor, value))
         ctx.spec = spec
         ctx.sce_scale = spec.sce_weight * inv_t / batch
         ctx.combined = combine
@@ -311,33 +333,33 @@ class FusedIKL(torch.autograd.Function):
         grad_student = grad_target = None
         wmse = grad_wmse is not None and wmse_grad is not None
         if need_target and wmse:
-            grad_target = wmse_grad * (grad_wmse * wmse_scale)
+            grad_target = wmse_grad * _scaled(grad_wmse, wmse_scale)
         if not need_student:
             return grad_student, grad_target, None, None, None, None, None, None, None
         if ctx.combined:  # sce_grad holds (q − p) − (kw/kc)·∂wMSE
             if grad_sce is grad_wmse:  # the terms were summed (or both unused)
                 if grad_sce is not None:
-                    grad_student = sce_grad * (grad_sce * sce_scale)
+                    grad_student = sce_grad * _scaled(grad_sce, sce_scale)
             elif grad_sce is None:
-                grad_student = wmse_grad * (grad_wmse * -wmse_scale)
+                grad_student = wmse_grad * _scaled(grad_wmse, -wmse_scale)
             else:  # kc·g_s·(combined) + kw·(g_s − g_w)·∂wMSE
-                grad_student = sce_grad * (grad_sce * sce_scale)
+                grad_student = sce_grad * _scaled(grad_sce, sce_scale)
                 gap = grad_sce if grad_wmse is None else grad_sce - grad_wmse
-                grad_student.addcmul_(wmse_grad, gap * wmse_scale)
+                grad_student.addcmul_(wmse_grad, _scaled(gap, wmse_scale))
             return grad_student, grad_target, None, None, None, None, None, None, None
         sce = grad_sce is not None and sce_grad is not None
         student_wmse = wmse and spec.break_asymmetry
         if sce and student_wmse:
             if grad_target is not None:  # q − p scaled, less the target's gradient
-                grad_student = sce_grad * (grad_sce * sce_scale)
+                grad_student = sce_grad * _scaled(grad_sce, sce_scale)
                 grad_student.sub_(grad_target)
             else:  # one allocation: −(α/D)·g_w·∂wMSE, then + (β/BT)·g_s·(q − p) in place
-                grad_student = torch.mul(wmse_grad, grad_wmse * -wmse_scale)
+                grad_student = torch.mul(wmse_grad, _scaled(grad_wmse, -wmse_scale))
                 grad_student.addcmul_(sce_grad, grad_sce, value=sce_scale)
         elif sce:
-            grad_student = sce_grad * (grad_sce * sce_scale)
+            grad_student = sce_grad * _scaled(grad_sce, sce_scale)
         elif student_wmse:
-            grad_student = -grad_target if grad_target is not None else wmse_grad * (grad_wmse * -wmse_scale)
+            grad_student = -grad_target if grad_target is not None else wmse_grad * _scaled(grad_wmse, -wmse_scale)
         return grad_student, grad_target, None, None, None, None, None, None, None
 
 
@@ -415,7 +437,8 @@ class FusedKL(torch.autograd.Function):
                     q.sub_(p)
         ctx.scales = (inv_t / batch, inv_t * inv_t / batch)  # grad_t holds T·(…): one more 1/T
         ctx.save_for_backward(grad_s, grad_t)
-        return _total(parts) * (inv_t / batch)
+        value = _total(parts)
+        return _scaled(value, inv_t / batch, value)
 
     @staticmethod
     @once_differentiable
@@ -425,8 +448,8 @@ class FusedKL(torch.autograd.Function):
         grad_s, grad_t = ctx.saved_tensors
         scale_s, scale_t = ctx.scales
         return (
-            None if grad_s is None else grad_s * (grad * scale_s),
-            None if grad_t is None else grad_t * (grad * scale_t),
+            None if grad_s is None else grad_s * _scaled(grad, scale_s),
+            None if grad_t is None else grad_t * _scaled(grad, scale_t),
             None,
             None,
             None,
