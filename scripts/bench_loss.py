@@ -378,6 +378,42 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def write_if_quiet(
+    script: str,
+    render: Callable[[list[dict], dict[str, str], bool], str],
+    rows: list[dict],
+    header: dict[str, str],
+    args: argparse.Namespace,
+    threads: int,
+    load_before: float,
+    started: float,
+) -> None:
+    """Print ``render``'s table and write it to ``args.out`` unless the machine was loaded (exit 3).
+
+    Loaded: the 1-minute load average exceeded the core count before the run, or after it less
+    this benchmark's own threads. ``args.quick`` (a smoke run) always writes."""
+    n_cores = cores()
+    load_after = load_average()
+    header = {
+        **header,
+        "torch": f"{torch.__version__}; threads {threads} of {n_cores} cores",
+        "load average (1 min)": f"{load_before:.2f} before, {load_after:.2f} after (this run's own threads "
+        f"count {threads} of it); {time.time() - started:.0f} s",
+    }
+    table = render(rows, header, args.quick)
+    sys.stdout.write(table)
+    if args.print_only:
+        return
+    if (load_before > n_cores or load_after - threads > n_cores) and not args.quick:
+        sys.stderr.write(
+            f"{script}: not written: the machine is loaded (load {load_before:.2f} before, {load_after:.2f} "
+            f"after, {n_cores} cores); rerun when it is quiet, or use --print-only\n"
+        )
+        sys.exit(3)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -398,7 +434,7 @@ def main() -> None:
     if args.child:
         print(peak_memory_child(*json.loads(args.child)))
         return
-    threads, n_cores = torch.get_num_threads(), cores()
+    threads = torch.get_num_threads()
     load_before = load_average()
     if args.sizes:
         pairs = [tuple(int(v) for v in item.split("x")) for item in args.sizes.split(",")]
@@ -415,28 +451,8 @@ def main() -> None:
         devices.append("cuda")
     started = time.time()
     rows = [row for dev in devices for row in bench(dev, sizes, rounds, warmup, memory, threads, args.big_gi)]
-    load_after = load_average()
     header = {f"`{dev}`": machine_name(dev) for dev in devices}
-    header.update(
-        {
-            "torch": f"{torch.__version__}; threads {threads} of {n_cores} cores",
-            "load average (1 min)": f"{load_before:.2f} before, {load_after:.2f} after (this run's own threads "
-            f"count {threads} of it); {time.time() - started:.0f} s",
-        }
-    )
-    table = to_markdown(rows, header, args.quick)
-    sys.stdout.write(table)
-    if args.print_only:
-        return
-    loaded = load_before > n_cores or load_after - threads > n_cores
-    if loaded and not args.quick:
-        sys.stderr.write(
-            f"bench_loss: not written: the machine is loaded (load {load_before:.2f} before, {load_after:.2f} "
-            f"after, {n_cores} cores); rerun when it is quiet, or use --print-only\n"
-        )
-        sys.exit(3)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    write_if_quiet("bench_loss", to_markdown, rows, header, args, threads, load_before, started)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from ikl.losses import IKLLoss, KDLoss  # noqa: E402
 from ikl.models import create_model  # noqa: E402
 from ikl.tasks import DistillationTask  # noqa: E402
-from scripts.bench_loss import cores, load_average, machine_name, sync  # noqa: E402
+from scripts.bench_loss import load_average, machine_name, sync, write_if_quiet  # noqa: E402
 
 NAMES = {"kd": "KD", "ikl": "IKL-KD as released (GI off)", "ikl_gi": "IKL-KD GI on"}
 
@@ -121,7 +121,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps, warmup, batch = (3, 1, 8) if args.quick else (max(args.steps, 25), 3, args.batch)
-    threads, n_cores = torch.get_num_threads(), cores()
+    threads = torch.get_num_threads()
     load_before, started = load_average(), time.time()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -140,24 +140,7 @@ def main() -> None:
                     "ratio": ratio,
                 }
             )
-    load_after = load_average()
-    header = {
-        "torch": f"{torch.__version__}; threads {threads} of {n_cores} cores",
-        "load average (1 min)": f"{load_before:.2f} before, {load_after:.2f} after (this run's own threads "
-        f"count {threads} of it); {time.time() - started:.0f} s",
-    }
-    table = to_markdown(rows, header, args.quick)
-    sys.stdout.write(table)
-    if args.print_only:
-        return
-    if (load_before > n_cores or load_after - threads > n_cores) and not args.quick:
-        sys.stderr.write(
-            f"bench_step: not written: the machine is loaded (load {load_before:.2f} before, {load_after:.2f} "
-            f"after, {n_cores} cores); rerun when it is quiet, or use --print-only\n"
-        )
-        sys.exit(3)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    write_if_quiet("bench_step", to_markdown, rows, {}, args, threads, load_before, started)
 
 
 if __name__ == "__main__":
