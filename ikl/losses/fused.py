@@ -115,7 +115,7 @@ def _scaled(x: Tensor, value: float | Tensor, out: Tensor | None = None) -> Tens
     """x·value (into ``out`` if given). On a CPU the factor is a cached 0-dim tensor of x's dtype:
     the same product bit for bit (a Python float is cast to that dtype too), but without the
     per-call wrapping and cast of the scalar, which costs as much as the product at small sizes."""
-    if x.device.type == "cpu" and not isinstance(value, Tensor):
+    if x.device.type == "cpu" and not isinstance(value, Tensor) and value != 0.0:  # (keys: 0.0 == -0.0)
         key = (value, x.dtype)
         factor = _SCALARS.get(key)
         if factor is None:
