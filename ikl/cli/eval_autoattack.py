@@ -227,12 +227,12 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         result = run(cfg)
     except (UserError, DataError) as exc:
-        print(f"eval_autoattack: {exc}", file=sys.stderr)
+        sys.stderr.write(f"eval_autoattack: {exc}\n")
         sys.exit(2)
     except OSError as exc:  # e.g. an output_dir that cannot be created: one line, nothing written
-        print(
-            f"eval_autoattack: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}; choose another output_dir",
-            file=sys.stderr,
+        sys.stderr.write(
+            f"eval_autoattack: cannot write {exc.filename or 'the output'}: {exc.strerror or exc}; "
+            "choose another output_dir\n"
         )
         sys.exit(2)
     n = result["n_ex"]
