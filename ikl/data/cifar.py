@@ -113,12 +113,15 @@ def _lock_downloads(root: str, name: str, label: str, fix: str) -> int:
     it releases the lock. One process downloads and extracts, the others (DDP ranks of this node,
     a second run started at the same time) wait and then find the files; the kernel drops the
     lock of a holder that died, even by SIGKILL."""
+    fd = None
     try:
         os.makedirs(root, exist_ok=True)
         fd = os.open(os.path.join(root, f".{name}.download.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # (a mount without locks raises here: one line too)
     except OSError as err:
+        if fd is not None:
+            os.close(fd)
         raise DataError(f"cannot download {label} into {root} ({_one_line(err)}); {fix}") from err
-    fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
 
